@@ -1,0 +1,1 @@
+"""Secret-sharing and masking protocols."""
