@@ -157,7 +157,9 @@ class Layout:
         floats = _cat(fl, ftype, self.float_dtype)
         ints = _cat(il, torch.int64, np.dtype(np.int64))
         if floats.size and not np.isfinite(floats).all():
-            spec = next(s for s in self.specs if not s.is_int and not np.isfinite(floats[s.offset : s.offset + s.numel]).all())
+            spec = next(
+                s for s in self.specs if not s.is_int and not np.isfinite(floats[s.offset : s.offset + s.numel]).all()
+            )
             raise InputError(f"client {client}: tensor {spec.name!r} contains NaN or Inf")
         return Flat(floats, ints)
 
