@@ -84,6 +84,7 @@ class Aggregator(ABC):
     scheme: ClassVar[str]
     stages: ClassVar[tuple[str, ...]]
     input_stage: ClassVar[str]
+    threat_model: ClassVar[str]  # one line: who could learn an individual update
 
     def __init__(
         self,

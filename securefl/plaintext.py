@@ -59,6 +59,7 @@ class Plaintext(Aggregator):
     scheme = "plaintext"
     stages = ("upload",)
     input_stage = "upload"
+    threat_model = "the server (it sees every update in the clear)"
 
     def _run(self, batch: Batch, sim: Simulation) -> tuple[Totals, dict]:
         fixed = self.fixed_point(batch.n)

@@ -1,0 +1,38 @@
+"""Shared fixtures: small models and updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallNet(nn.Module):
+    """A conv net with BatchNorm, so its state_dict holds an integer buffer (num_batches_tracked)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+
+def state_updates(n: int, seed: int = 0, scale: float = 0.5) -> list[dict[str, torch.Tensor]]:
+    """n random state_dict-shaped updates of SmallNet (floats in about [-2*scale, 2*scale], ints small)."""
+    g = torch.Generator().manual_seed(seed)
+    ref = SmallNet().state_dict()
+    out = []
+    for _ in range(n):
+        u = {}
+        for k, v in ref.items():
+            if v.dtype.is_floating_point:
+                u[k] = (torch.rand(v.shape, generator=g) * 2 - 1) * 2 * scale
+            else:
+                u[k] = torch.randint(0, 1000, v.shape, generator=g, dtype=v.dtype)
+        out.append(u)
+    return out
+
+
+@pytest.fixture
+def updates() -> list[dict[str, torch.Tensor]]:
+    return state_updates(6)
