@@ -18,7 +18,7 @@ from securefl.errors import SecureFLError
 
 # name -> (factory from parsed options, one-line threat model)
 AGGREGATORS: dict[str, Callable[[argparse.Namespace], Aggregator]] = {
-    "plaintext": lambda a: securefl.Plaintext(clip=a.clip, seed=a.seed),
+    "plaintext": lambda a: securefl.Plaintext(clip=a.value_clip, seed=a.seed),
 }
 DEFAULT_AGGREGATOR = "plaintext"
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     run.add_argument("--lr", type=float, default=0.05)
     run.add_argument("--batch-size", type=int, default=16)
-    run.add_argument("--clip", type=float, default=8.0, help="each update value is clipped to [-clip, clip]")
+    run.add_argument("--value-clip", type=float, default=8.0, help="each update value is clipped to [-v, v]")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write per-round metrics as JSON")
     run.set_defaults(func=cmd_run)
