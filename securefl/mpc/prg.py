@@ -2,18 +2,19 @@
 
 A 32-byte seed is stretched through HKDF-SHA256 (label, session id and party ids as context)
 into a 16-byte AES key and a 16-byte initial counter block; the keystream is written into a
-preallocated buffer and added to (or subtracted from) an accumulator in place. In a
+preallocated buffer and added to (or subtracted from) an accumulator in place, chunk by chunk. In a
 power-of-two ring the words are uniform with no rejection step.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from securefl.mpc.crypto import hkdf
 
 SEED_BYTES = 32
+CHUNK_WORDS = 1 << 16  # add/sub work in pieces that stay in the L2 cache
 
 
 def stream_key(seed: bytes, label: bytes, session: bytes, *ids: int) -> bytes:
@@ -22,34 +23,58 @@ def stream_key(seed: bytes, label: bytes, session: bytes, *ids: int) -> bytes:
 
 
 class Expander:
-    """Expands keys into `length` ring words of `dtype` through one reusable buffer.
+    """Expands keys into `length` ring words of `dtype`.
 
-    Not thread-safe; one per party. The array returned by expand() is overwritten by the next call.
+    add/sub stream the keystream through one small reused buffer of `chunk` words (cache-sized,
+    so no full-length keystream array is allocated or written to memory); expand() fills one
+    full-length buffer, allocated on its first use. Not thread-safe; one per party. The array
+    returned by expand() is overwritten by the next call.
     """
 
-    def __init__(self, length: int, dtype: np.dtype | type):
+    def __init__(self, length: int, dtype: np.dtype | type, chunk: int = CHUNK_WORDS):
         self.dtype = np.dtype(dtype)
         self.length = length
-        nbytes = length * self.dtype.itemsize
-        self._zeros = bytes(nbytes)
-        self._buf = bytearray(nbytes + 15)  # update_into may need a block of slack
-        self._words = np.frombuffer(self._buf, self.dtype, count=length)
         self.bytes_expanded = 0
+        self._chunk = max(1, min(chunk, length))
+        self._small = self._buffers(self._chunk)
+        self._full: tuple[memoryview, bytearray, np.ndarray] | None = None
+
+    def _buffers(self, count: int) -> tuple[memoryview, bytearray, np.ndarray]:
+        nbytes = count * self.dtype.itemsize
+        buf = bytearray(nbytes + 15)  # update_into may need a block of slack
+        return memoryview(bytes(nbytes)), buf, np.frombuffer(buf, self.dtype, count=count)
+
+    def _encryptor(self, key: bytes) -> CipherContext:
+        self.bytes_expanded += self.length * self.dtype.itemsize
+        return Cipher(algorithms.AES(key[:16]), modes.CTR(key[16:32])).encryptor()
 
     def expand(self, key: bytes) -> np.ndarray:
         """The keystream of `key` (from stream_key) as ring words."""
-        enc = Cipher(algorithms.AES(key[:16]), modes.CTR(key[16:32])).encryptor()
-        enc.update_into(self._zeros, self._buf)
-        self.bytes_expanded += len(self._zeros)
-        return self._words
+        if self._full is None:
+            self._full = self._buffers(self.length)
+        zeros, buf, words = self._full
+        self._encryptor(key).update_into(zeros, buf)
+        return words
+
+    def _apply(self, acc: np.ndarray, key: bytes, op: np.ufunc) -> None:
+        if acc.shape != (self.length,):
+            raise ValueError(f"accumulator of shape {acc.shape}, expected ({self.length},)")
+        enc = self._encryptor(key)
+        zeros, buf, words = self._small
+        size = self.dtype.itemsize
+        for start in range(0, self.length, self._chunk):
+            count = min(self._chunk, self.length - start)
+            enc.update_into(zeros[: count * size], buf)  # the keystream continues across chunks
+            part = acc[start : start + count]
+            op(part, words[:count], out=part)
 
     def add(self, acc: np.ndarray, key: bytes) -> None:
-        """acc += PRG(key) mod 2^b, in place."""
-        np.add(acc, self.expand(key), out=acc)
+        """acc += PRG(key) mod 2^b, in place (the same words as expand(key))."""
+        self._apply(acc, key, np.add)
 
     def sub(self, acc: np.ndarray, key: bytes) -> None:
         """acc -= PRG(key) mod 2^b, in place."""
-        np.subtract(acc, self.expand(key), out=acc)
+        self._apply(acc, key, np.subtract)
 
 
 def aes_ctr_throughput(nbytes: int = 64 << 20, repeats: int = 3) -> float:
