@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -13,14 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import securefl
-from securefl.aggregator import Aggregator
+from securefl import schemes
 from securefl.errors import SecureFLError
 
-# name -> (factory from parsed options, one-line threat model)
-AGGREGATORS: dict[str, Callable[[argparse.Namespace], Aggregator]] = {
-    "plaintext": lambda a: securefl.Plaintext(clip=a.value_clip, seed=a.seed),
-}
-DEFAULT_AGGREGATOR = "plaintext"
+DEFAULT_AGGREGATOR = "additive"
 
 
 def _fmt_bytes(n: float) -> str:
@@ -35,7 +31,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from securefl.datasets import federated_digits
     from securefl.fedavg import train
 
-    agg = AGGREGATORS[args.aggregator](args)
+    agg = schemes.make(args.aggregator, clip=args.value_clip, seed=args.seed)
     data = federated_digits(args.clients, args.alpha, args.seed)
     console.print(
         f"[bold]securefl run[/]: {args.aggregator} aggregation, {args.clients} clients on digits "
@@ -99,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"securefl {securefl.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="short secure federated training on the digits dataset (ships offline)")
-    run.add_argument("--aggregator", choices=sorted(AGGREGATORS), default=DEFAULT_AGGREGATOR)
+    run.add_argument("--aggregator", choices=schemes.names(), default=DEFAULT_AGGREGATOR)
     run.add_argument("--clients", type=int, default=10)
     run.add_argument("--rounds", type=int, default=20)
     run.add_argument("--local-epochs", type=int, default=2)
