@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from securefl.codec import Flat, FixedPoint, Layout, flatten_all
+from securefl.codec import FixedPoint, Flat, Layout, flatten_all
 from securefl.errors import ConfigError, InputError, StructureError
 
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
+DTYPES = [
+    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool,
+]
 
 
 @st.composite

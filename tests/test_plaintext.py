@@ -15,7 +15,6 @@ from securefl import wire
 from securefl.codec import FixedPoint
 from securefl.errors import DropoutError, InputError, ProtocolError, StructureError
 from securefl.plaintext import KIND_UPLOAD, Server
-from tests.conftest import state_updates
 from tests.reference import assert_close
 
 
