@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
 from securefl.codec import FixedPoint, Flat, Layout, flatten_all
-from securefl.errors import DropoutError, InputError
+from securefl.errors import ConfigError, DropoutError, InputError
 from securefl.report import Report, Result
 from securefl.simulation import Simulation
+
+if TYPE_CHECKING:
+    from securefl.dp.mechanisms import Mechanism
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Totals:
     weight: float  # sum of normalised weights over included clients
     included: list[int]
     clipped: int = 0
+    noised: bool = False  # True when the scheme's decoding party already added central DP noise (HE key holder)
 
 
 def check_weights(weights: object, n: int, weight_bound: float | None) -> tuple[np.ndarray, float]:
@@ -78,13 +83,21 @@ class Aggregator(ABC):
     the report). frac_bits: fixed-point precision (2^-frac_bits per value and client).
     int_bound: largest absolute value an integer tensor may hold. weight_bound: public upper
     bound on a client's weight (default: the largest weight given). seed: reproducible
-    simulation randomness (rounding, noise); never used for key material.
+    simulation randomness (rounding, noise); never used for key material. dp: a securefl.dp
+    mechanism. Each client's float update is clipped to L2 <= dp.clip before it reaches the
+    scheme (dp.clip_flat, with room for the fixed-point rounding); with DistributedGaussian each
+    client adds its discrete noise inside FixedPoint.encode (through fixed_point()), before
+    masking or sharing; with GaussianMechanism the decoding party (`output_party`) adds the
+    central noise in _finish, unless the scheme did so itself (Totals.noised).
+    report.epsilon is the cumulative epsilon of the mechanism at dp.delta.
     """
 
     scheme: ClassVar[str]
     stages: ClassVar[tuple[str, ...]]
     input_stage: ClassVar[str]
     threat_model: ClassVar[str]  # one line: who could learn an individual update
+    output_party: ClassVar[str] = "server"  # the party that decodes the sum (adds central DP noise)
+    simulation_class: ClassVar[type[Simulation]] = Simulation  # the audit swaps in a recording one
 
     def __init__(
         self,
@@ -94,17 +107,29 @@ class Aggregator(ABC):
         int_bound: int = 2**16,
         weight_bound: float | None = None,
         seed: int | None = None,
+        dp: Mechanism | None = None,
     ):
         self.clip = clip
         self.frac_bits = frac_bits
         self.int_bound = int_bound
         self.weight_bound = weight_bound
         self.seed = seed
+        self.dp = dp
         FixedPoint.choose(1, clip=clip, frac_bits=frac_bits, int_bound=int_bound)  # validate early
 
+    def min_survivors(self, n_clients: int) -> int:
+        """Fewest clients whose input a successful round of n_clients contains (distributed DP noise is
+        scaled for it). Schemes that finish with fewer than all (SecAgg: the threshold) override it."""
+        return n_clients
+
     def fixed_point(self, n_clients: int) -> FixedPoint:
-        """The ring parameters for a round of n_clients."""
-        return FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound)
+        """The ring parameters for a round of n_clients (with the DP clip and client noise when dp is set)."""
+        if self.dp is None or self.dp.kind != "distributed":
+            return FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound)
+        noise_var = self.dp.local_variance(self.frac_bits, self.min_survivors(n_clients))
+        fixed = FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound,
+                                  noise_bound=self.dp.noise_bound(noise_var, n_clients))
+        return dataclasses.replace(fixed, noise_var=noise_var, dp=self.dp)
 
     def aggregate(
         self,
@@ -115,8 +140,11 @@ class Aggregator(ABC):
         """Simulate one secure round over `updates`; return the weighted mean, sum and report."""
         layout, flats = flatten_all(updates)
         w, bound = check_weights(weights, len(flats), self.weight_bound)
+        if self.dp is not None:
+            flats = [self.dp.clip_flat(f, self.frac_bits) for f in flats]
+            self.dp.begin_round()
         batch = Batch(layout, flats, w, bound)
-        sim = Simulation(self.scheme, batch.n, self.stages, self.input_stage, dropped, self.seed)
+        sim = self.simulation_class(self.scheme, batch.n, self.stages, self.input_stage, dropped, self.seed)
         totals, params = self._run(batch, sim)
         return self._finish(batch, sim, totals, params)
 
@@ -130,6 +158,7 @@ class Aggregator(ABC):
         if totals.weight <= 0:
             raise DropoutError(f"{self.scheme}: the included clients' weights sum to 0; no mean exists")
         k = len(totals.included)
+        epsilon, dp_params = self._apply_dp(batch, sim, totals, params) if self.dp is not None else (None, {})
         mean_ints = (2 * totals.ints + k) // (2 * k)  # exact round-half-up of sum / k
         layout = batch.layout
         mean = layout.unflatten(totals.floats / totals.weight, mean_ints)
@@ -137,7 +166,31 @@ class Aggregator(ABC):
         report: Report = sim.report(
             totals.included,
             clipped_values=totals.clipped,
-            params={"clip": self.clip, "frac_bits": self.frac_bits, "weight_bound": batch.weight_bound, **params},
+            epsilon=epsilon,
+            delta=None if self.dp is None else self.dp.delta,
+            params={"clip": self.clip, "frac_bits": self.frac_bits, "weight_bound": batch.weight_bound, **params,
+                    **dp_params},
         )
         return Result(mean=mean, sum=total, report=report)
+
+    def _apply_dp(self, batch: Batch, sim: Simulation, totals: Totals, params: dict) -> tuple[float, dict]:
+        """Central noise (if the scheme has not added it), then one round of accounting at the noise present."""
+        dp = self.dp
+        info = dp.describe()
+        if dp.kind == "central":
+            if not totals.noised:
+                with sim.clock("dp_noise", self.output_party):
+                    dp.add_noise(totals.floats, sim.rng(self.output_party))
+            z_eff = dp.effective_noise_multiplier()
+        else:
+            m = self.min_survivors(batch.n)
+            noise_var = dp.local_variance(self.frac_bits, m)
+            noisy = dp.noised_clients(totals.included)
+            if not noisy:
+                raise ConfigError(f"{self.scheme}: no client added distributed noise (the scheme does not encode "
+                                  "through FixedPoint.encode); use dp.GaussianMechanism with it")
+            z_eff = dp.effective_noise_multiplier(noise_var, noisy, self.frac_bits, batch.layout.float_size)
+            info |= {"min_survivors": m, "local_variance": noise_var, "noisy_survivors": noisy}
+        info["effective_noise_multiplier"] = z_eff
+        return dp.spend(z_eff), {"dp": info}
 

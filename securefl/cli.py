@@ -1,4 +1,5 @@
-"""Command line: `securefl run` (secure federated training on a dataset that ships offline)."""
+"""Command line: `securefl run` (secure federated training on a dataset that ships offline), `securefl bench`,
+`securefl audit` (the privacy report of a configuration, with empirical checks)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from rich.table import Table
 
 import securefl
 from securefl import schemes
+from securefl.bench import command as bench_command
 from securefl.errors import SecureFLError
 
-DEFAULT_AGGREGATOR = "additive"
+DEFAULT_AGGREGATOR = "secagg"
 
 
 def _fmt_bytes(n: float) -> str:
@@ -31,7 +33,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from securefl.datasets import federated_digits
     from securefl.fedavg import train
 
-    agg = schemes.make(args.aggregator, clip=args.value_clip, seed=args.seed)
+    agg = schemes.make(args.aggregator, clip=args.value_clip, seed=args.seed, dp=_mechanism(args))
     data = federated_digits(args.clients, args.alpha, args.seed)
     console.print(
         f"[bold]securefl run[/]: {args.aggregator} aggregation, {args.clients} clients on digits "
@@ -63,7 +65,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         task = progress.add_task("train", total=args.rounds, status="")
         train(
             agg, data, model=args.model, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
-            batch_size=args.batch_size, dropout=args.dropout, seed=args.seed, on_round=on_round,
+            batch_size=args.batch_size, dropout=args.dropout, sample_rate=args.sample_rate, seed=args.seed,
+            on_round=on_round,
         )
     table = Table(title=f"securefl run: {args.aggregator}")
     table.add_column("metric")
@@ -77,8 +80,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         ("aggregation seconds", f"{sum(m.aggregate_seconds for m in history):.2f}"),
         ("bytes sent per client per round", _fmt_bytes(sum(m.client_bytes for m in history) / len(history))),
     ]
-    if final.epsilon is not None:
-        rows.append(("epsilon", f"{final.epsilon:.3f}"))
+    if agg.dp is not None:
+        rows.append(("(epsilon, delta)", f"({agg.dp.epsilon():.3f}, {agg.dp.delta:g}) after {agg.dp.rounds} rounds, "
+                                         f"{args.dp} noise, z={args.noise_multiplier}, q={args.sample_rate}"))
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -87,6 +91,52 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         config = {k: v for k, v in vars(args).items() if k != "func"}
         Path(args.json).write_text(json.dumps({"config": config, "rounds": [m.to_dict() for m in history]}, indent=2))
         console.print(f"per-round metrics written to {args.json}")
+    return 0
+
+
+def _mechanism(args: argparse.Namespace) -> object:
+    """The DP mechanism asked for on the command line (None for --dp none)."""
+    from securefl import dp
+
+    if args.dp == "none":
+        return None
+    cls = dp.GaussianMechanism if args.dp == "central" else dp.DistributedGaussian
+    return cls(args.noise_multiplier, args.clip, delta=args.delta, sampling_rate=args.sample_rate)
+
+
+def _add_dp_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--dp", choices=["none", "central", "distributed"], default=default,
+                   help="differential privacy: central Gaussian noise or clients' discrete Gaussian noise")
+    p.add_argument("--noise-multiplier", type=float, default=1.0, help="noise std / clip")
+    p.add_argument("--clip", type=float, default=1.0, help="each update is clipped to L2 <= clip (with --dp)")
+    p.add_argument("--delta", type=float, default=1e-5, help="the delta of the reported epsilon")
+    p.add_argument("--sample-rate", type=float, default=1.0,
+                   help="each client takes part in a round with this probability (Poisson sampling)")
+
+
+def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    from securefl.dp import audit
+
+    agg = schemes.make(args.aggregator, clip=args.value_clip, seed=args.seed, dp=_mechanism(args))
+    report = audit.privacy_report(agg, clients=args.clients, dim=args.dim, seed=args.seed)
+    console.print(report.to_markdown(), markup=False, soft_wrap=True)
+    check = audit.transcript_check(agg, clients=args.clients, seed=args.seed)
+    verdict = "indistinguishable" if check.indistinguishable else "DISTINGUISHABLE"
+    console.print(f"transcript check: what {check.party} receives with all-zero vs large inputs: chi-square "
+                  f"p = {check.p_value:.3g} over {check.bytes_compared} bytes -> {verdict} (alpha {check.alpha:g})",
+                  markup=False)
+    one = audit.one_run_audit(agg, canaries=args.canaries, seed=args.seed)
+    bound = "no DP: nothing to compare" if one.epsilon_accountant is None else (
+        f"accountant epsilon {one.epsilon_accountant:.3f}")
+    console.print(f"one-run audit (Steinke, Nasr, Jagielski 2023): {one.canaries} canaries, "
+                  f"{one.correct}/{one.guesses} guesses right -> epsilon >= {one.epsilon_lower_bound:.3f} "
+                  f"at {one.confidence:.0%} confidence ({bound})", markup=False)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        out = {"report": report.to_dict(), "transcript_check": {**vars(check), "indistinguishable":
+               check.indistinguishable}, "one_run_audit": vars(one)}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        console.print(f"audit written to {args.json}")
     return 0
 
 
@@ -107,11 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--value-clip", type=float, default=8.0, help="each update value is clipped to [-v, v]")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write per-round metrics as JSON")
+    _add_dp_options(run, "none")
     run.set_defaults(func=cmd_run)
+    aud = sub.add_parser("audit", help="privacy report of a configuration, with empirical checks")
+    aud.add_argument("--aggregator", choices=schemes.names(), default=DEFAULT_AGGREGATOR)
+    aud.add_argument("--clients", type=int, default=6, help="clients in the audited round")
+    aud.add_argument("--dim", type=int, default=256, help="values per update in the audited round")
+    aud.add_argument("--canaries", type=int, default=500, help="canaries of the one-run audit")
+    aud.add_argument("--value-clip", type=float, default=8.0, help="each update value is clipped to [-v, v]")
+    aud.add_argument("--seed", type=int, default=0)
+    aud.add_argument("--json", metavar="PATH", help="write the report and checks as JSON")
+    _add_dp_options(aud, "distributed")
+    aud.set_defaults(func=cmd_audit)
+    bench_command.add_parser(sub)
     return p
 
 
 def _check_run_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.command in ("run", "audit") and not 0.0 < a.sample_rate <= 1.0:
+        p.error("--sample-rate must be in (0, 1]")
+    if a.command == "audit" and (a.clients < 2 or a.dim < 1 or a.canaries < 2):
+        p.error("--clients must be >= 2, --dim >= 1 and --canaries >= 2")
     if a.command != "run":
         return
     if a.clients < 1 or a.rounds < 1 or a.local_epochs < 1 or a.batch_size < 1:

@@ -2,7 +2,9 @@
 
 Each round every client trains the global model on its own shard, its update (local minus
 global state, integer buffers included) goes through the aggregator, and the global model
-moves by the aggregated weighted mean. Clients may vanish each round (`dropout`).
+moves by the aggregated weighted mean. Clients may vanish each round (`dropout`). With
+`sample_rate` q < 1 each client takes part in a round independently with probability q (Poisson
+sampling, the sampling that DP accounting amplifies); sampled-out clients are simply absent.
 """
 
 from __future__ import annotations
@@ -117,35 +119,42 @@ def train(
     lr: float = 0.05,
     batch_size: int = 16,
     dropout: float = 0.0,
+    sample_rate: float = 1.0,
     seed: int = 0,
     on_round: Callable[[RoundMetrics], None] | None = None,
 ) -> tuple[nn.Module, list[RoundMetrics]]:
     """Run federated averaging through `aggregator`; return the final model and per-round metrics.
 
-    A round whose aggregation fails with DropoutError leaves the global model unchanged.
+    A round whose aggregation fails with DropoutError, or in which no client was sampled, leaves
+    the global model unchanged.
     """
     torch.manual_seed(seed)
     net = make_model(model, data.num_features, data.num_classes)
     local = make_model(model, data.num_features, data.num_classes)
     gen = torch.Generator().manual_seed(seed)
     drop_rng = np.random.default_rng(seed)
+    sample_rng = np.random.default_rng([seed, 1])
     n = len(data.clients)
     weights = [len(y) for _, y in data.clients]
     history = []
     for r in range(1, rounds + 1):
         start = {k: v.clone() for k, v in net.state_dict().items()}
-        dropped = [i for i in range(n) if drop_rng.random() < dropout]
+        members = range(n) if sample_rate >= 1.0 else np.flatnonzero(sample_rng.random(n) < sample_rate).tolist()
+        dropped = [j for j in range(len(members)) if drop_rng.random() < dropout]
         t0 = time.perf_counter()
         updates = [
             {k: torch.zeros_like(v) for k, v in start.items()}
-            if i in dropped
-            else local_update(local, start, x, y, epochs=local_epochs, lr=lr, batch_size=batch_size, generator=gen)
-            for i, (x, y) in enumerate(data.clients)
+            if j in dropped
+            else local_update(local, start, *data.clients[i], epochs=local_epochs, lr=lr, batch_size=batch_size,
+                              generator=gen)
+            for j, i in enumerate(members)
         ]
         t1 = time.perf_counter()
         error, survivors, client_bytes, eps = None, 0, 0.0, None
         try:
-            result = aggregator.aggregate(updates, weights=weights, dropped=dropped)
+            if not updates:
+                raise DropoutError("no client was sampled this round")
+            result = aggregator.aggregate(updates, weights=[weights[i] for i in members], dropped=dropped)
         except DropoutError as e:
             error = str(e)
         else:
@@ -154,7 +163,8 @@ def train(
             survivors, client_bytes, eps = len(rep.survivors), rep.mean_bytes_sent("client"), rep.epsilon
         t2 = time.perf_counter()
         acc, loss = evaluate(net, *data.test)
-        m = RoundMetrics(r, acc, loss, t1 - t0, t2 - t1, client_bytes, n - len(dropped), survivors, eps, error)
+        m = RoundMetrics(r, acc, loss, t1 - t0, t2 - t1, client_bytes, len(members) - len(dropped), survivors, eps,
+                         error)
         history.append(m)
         if on_round:
             on_round(m)

@@ -259,6 +259,7 @@ class AdditiveSharing(Aggregator):
     stages = ("upload",)
     input_stage = "upload"
     threat_model = "only all K aggregators together (any K-1 of them see uniformly random shares)"
+    output_party = "leader"
 
     def __init__(self, num_aggregators: int = 2, **kwargs: object):
         if isinstance(num_aggregators, bool) or not isinstance(num_aggregators, (int, np.integer)):

@@ -1,0 +1,185 @@
+"""SecAgg / SecAgg+ cost against the hardware floor, and SecAgg+ scaling in n.
+
+Run: python benchmarks/bench_secagg.py [--out bench-out/] [--scaling 100,1000,5000]
+
+1. n = 100, m = 100,000, complete graph, 10% of the clients dropped at masked_input. The floor of
+   a party is the bytes of AES-CTR keystream it must expand divided by the AES-CTR throughput
+   measured in this run; its key agreements (X25519) and signature operations (Ed25519) are timed
+   separately by performing the same number of them. Targets: server and one client each
+   <= 3 x floor + key agreements.
+2. SecAgg+ (neighbors="auto": k and t from the parameter finder for 5% dropout and 5% corrupt
+   clients), 5% dropped at masked_input, m = 10,000, for each n: median client and server
+   seconds and bytes; a log-log plot in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from securefl.mpc import crypto
+from securefl.mpc.prg import aes_ctr_throughput
+from securefl.mpc.secagg import SecAgg
+
+
+def updates(n: int, m: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(m, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def time_ops(x25519: int, verify: int, sign: int) -> tuple[float, float]:
+    """Seconds of `x25519` key agreements, and of `verify` + `sign` Ed25519 operations, done for real."""
+    sk, _ = crypto.x25519_keypair()
+    peers = [crypto.x25519_keypair()[1] for _ in range(64)]
+    t0 = time.perf_counter()
+    for j in range(x25519):
+        crypto.agree(sk, peers[j % 64], "bench")
+    ka = time.perf_counter() - t0
+    isk, ipk = crypto.ed25519_keypair()
+    msg = os.urandom(200)
+    sig = isk.sign(msg)
+    t0 = time.perf_counter()
+    for _ in range(verify):
+        crypto.verify(ipk, sig, msg, "bench")
+    for _ in range(sign):
+        isk.sign(msg)
+    return ka, time.perf_counter() - t0
+
+
+def floor_run(n: int, m: int, drop_frac: float, throughput: float) -> dict:
+    dropped = {i: "masked_input" for i in range(0, n, round(1 / drop_frac))}
+    res = SecAgg(seed=0).aggregate(updates(n, m), dropped=dropped)
+    rep = res.report
+    t, word = rep.params["threshold"], rep.params["ring_bits"] // 8
+    length = m + 1  # floats and the weight slot
+    survivors, gone = len(rep.survivors), len(dropped)
+    # PRG output each party must expand: the server removes every survivor's self mask and, for each
+    # dropped client, its pairwise mask with every survivor; a client expands its self mask and one
+    # pairwise mask per peer that shared keys with it (everyone else, in the complete graph).
+    server_prg = (survivors + gone * survivors) * length * word
+    client_prg = (1 + (n - 1)) * length * word
+    server_ka, _ = time_ops(gone * (1 + survivors), 0, 0)
+    client_ka, client_sig = time_ops(2 * (n - 1), (n - 1) + t, 2)
+    finishers = [f"client/{i}" for i in rep.survivors]
+    return {
+        "n": n, "m": m, "threshold": t, "dropped": gone,
+        "server_s": rep.party_seconds["server"],
+        "client_s": statistics.median(rep.party_seconds[c] for c in finishers),
+        "client_max_s": max(rep.party_seconds[c] for c in finishers),
+        "server_prg_bytes": server_prg, "client_prg_bytes": client_prg,
+        "server_floor_s": server_prg / throughput, "client_floor_s": client_prg / throughput,
+        "server_x25519_s": server_ka, "client_x25519_s": client_ka, "client_ed25519_s": client_sig,
+        "server_bytes": rep.bytes_sent["server"] + rep.bytes_received["server"],
+        "client_bytes": statistics.median(rep.bytes_sent[c] + rep.bytes_received[c] for c in finishers),
+        "seconds_by_phase": rep.seconds,
+    }
+
+
+def scaling_run(n: int, m: int) -> dict:
+    rng = np.random.default_rng(1)
+    dropped = {int(i): "masked_input" for i in rng.choice(n, n // 20, replace=False)}
+    t0 = time.perf_counter()
+    rep = SecAgg(neighbors="auto", dropout_rate=0.05, corrupt_fraction=0.05, seed=0).aggregate(
+        updates(n, m), dropped=dropped
+    ).report
+    wall = time.perf_counter() - t0
+    fin = [f"client/{i}" for i in rep.survivors]
+    return {
+        "n": n, "m": m, "k": rep.params["neighbors"], "t": rep.params["threshold"], "wall_s": wall,
+        "client_s": statistics.median(rep.party_seconds[c] for c in fin),
+        "server_s": rep.party_seconds["server"],
+        "client_bytes": statistics.median(rep.bytes_sent[c] + rep.bytes_received[c] for c in fin),
+        "server_bytes": rep.bytes_sent["server"] + rep.bytes_received["server"],
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["n"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.loglog(ns, [r["client_s"] for r in rows], "o-", label="client (median)")
+    a.loglog(ns, [r["server_s"] for r in rows], "s-", label="server")
+    a.set(xlabel="clients n", ylabel="seconds", title=f"SecAgg+ time, m = {rows[0]['m']}")
+    b.loglog(ns, [r["client_bytes"] for r in rows], "o-", label="client (median)")
+    b.loglog(ns, [r["server_bytes"] for r in rows], "s-", label="server")
+    b.set(xlabel="clients n", ylabel="bytes sent + received", title="SecAgg+ traffic")
+    for ax in (a, b):
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def verdict(got: float, bound: float) -> str:
+    return f"{'MET' if got <= bound else 'MISSED'} ({got:.3f} s vs bound {bound:.3f} s)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench-out/")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--m", type=int, default=100_000)
+    ap.add_argument("--scaling", default="100,1000,5000", help="comma-separated n for SecAgg+ scaling ('' to skip)")
+    ap.add_argument("--scaling-m", type=int, default=10_000)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    SecAgg(seed=0).aggregate(updates(4, 10), dropped={0: "masked_input"})  # load the Numba kernels
+    thr = aes_ctr_throughput()
+    print(f"AES-128-CTR throughput: {thr / 1e9:.2f} GB/s")
+
+    f = floor_run(args.n, args.m, 0.1, thr)
+    print(f"\n== SecAgg, complete graph: n={f['n']}, m={f['m']}, t={f['threshold']}, "
+          f"{f['dropped']} dropped at masked_input ==")
+    print("phase seconds (summed over parties of a kind):")
+    for phase, kinds in f["seconds_by_phase"].items():
+        print(f"  {phase:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in kinds.items()))
+    for who in ("server", "client"):
+        label = "server" if who == "server" else "client (median of finishers)"
+        ka = f[f"{who}_x25519_s"]
+        sig = f.get(f"{who}_ed25519_s", 0.0)
+        print(f"{label}: {f[f'{who}_s']:.3f} s; PRG {f[f'{who}_prg_bytes'] / 1e6:.1f} MB -> floor "
+              f"{f[f'{who}_floor_s']:.3f} s; its X25519 agreements {ka:.3f} s; its Ed25519 ops {sig:.3f} s; "
+              f"traffic {f[f'{who}_bytes'] / 1e6:.2f} MB")
+        bound = 3 * f[f"{who}_floor_s"] + ka
+        print(f"  target {who} <= 3 x floor + key agreements: {verdict(f[f'{who}_s'], bound)}")
+        if sig:
+            print(f"  same bound + its signature checks: {verdict(f[f'{who}_s'], bound + sig)}")
+    print(f"slowest client: {f['client_max_s']:.3f} s")
+
+    rows = []
+    ns = [int(x) for x in args.scaling.split(",") if x]
+    if ns:
+        print(f"\n== SecAgg+ scaling (neighbors=auto for 5% dropout / 5% corrupt), m={args.scaling_m}, "
+              "5% dropped at masked_input ==")
+        print(f"{'n':>6} {'k':>4} {'t':>4} {'client s':>9} {'server s':>9} {'client MB':>10} {'server MB':>10} "
+              f"{'wall s':>7}")
+        for n in ns:
+            r = scaling_run(n, args.scaling_m)
+            rows.append(r)
+            print(f"{r['n']:>6} {r['k']:>4} {r['t']:>4} {r['client_s']:>9.4f} {r['server_s']:>9.3f} "
+                  f"{r['client_bytes'] / 1e6:>10.3f} {r['server_bytes'] / 1e6:>10.2f} {r['wall_s']:>7.1f}", flush=True)
+        if len(rows) > 1:
+            growth = rows[-1]["client_s"] / rows[0]["client_s"]
+            print(f"client seconds grow x{growth:.2f} for n x{rows[-1]['n'] / rows[0]['n']:.0f} "
+                  f"(k: {rows[0]['k']} -> {rows[-1]['k']}, log n: x{np.log(rows[-1]['n']) / np.log(rows[0]['n']):.2f})")
+        plot(rows, out / "secagg_scaling.png")
+        print(f"plot: {out / 'secagg_scaling.png'}")
+    (out / "bench_secagg.json").write_text(json.dumps({"aes_ctr_bytes_per_s": thr, "floor": f, "scaling": rows},
+                                                      indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The hardware floor: AES-CTR and memory throughput measured in the run, and each scheme's floor from them.
+
+A party's floor is the time this machine needs just to expand the AES-CTR keystream the
+scheme obliges it to expand and to add the ring words it must add, at the throughputs measured
+in the same run; no implementation of the scheme can be faster than that on this machine.
+Schemes without a PRG model (the HE schemes, anything newly registered) get the floor of reading
+the bytes the party sends (clients) or receives (aggregating parties) once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from securefl.mpc.prg import aes_ctr_throughput
+
+
+def memory_bandwidth(nbytes: int = 32 << 20, repeats: int = 5) -> float:
+    """Bytes per second moved by an in-place uint32 add (two reads and one write per word), best of `repeats`."""
+    words = nbytes // 4
+    acc = np.zeros(words, np.uint32)
+    x = np.ones(words, np.uint32)
+    np.add(acc, x, out=acc)  # touch the pages before timing
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.add(acc, x, out=acc)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * nbytes / best
+
+
+def measure_hardware(quick: bool = False) -> dict[str, float]:
+    """AES-128-CTR keystream bytes/s (securefl.mpc.prg.aes_ctr_throughput) and memory bytes/s, measured now."""
+    size = (16 if quick else 64) << 20
+    return {
+        "aes_ctr_bytes_per_s": aes_ctr_throughput(size, repeats=3),
+        "memory_bytes_per_s": memory_bandwidth(size // 2),
+    }
+
+
+def _party(prg: float, add: float, hw: dict[str, float], basis: str) -> dict[str, float | str]:
+    """One party's floor: prg bytes at the AES-CTR rate plus add bytes at a third of the memory rate."""
+    seconds = prg / hw["aes_ctr_bytes_per_s"] + 3 * add / hw["memory_bytes_per_s"]
+    return {"prg_bytes": prg, "add_bytes": add, "seconds": seconds, "basis": basis}
+
+
+def scheme_floor(scheme: str, n: int, m: int, survivors: int, params: dict, parties: dict[str, dict],
+                 hw: dict[str, float]) -> dict[str, dict]:
+    """Floor per party kind (one party of that kind) of one round: n clients, m float parameters.
+
+    `parties` is a cell's per-kind summary (bytes_sent_per_party, bytes_received_per_party), used by
+    the generic bytes-read floor. The PRG models count ring words of (m + 1) (floats, weight slot).
+    """
+    word = params.get("ring_bits", 32) // 8
+    vec = (m + 1) * word
+    dropped = n - survivors
+    if scheme == "plaintext":
+        return {"client": _party(0, vec, hw, "write the encoding"), "server": _party(0, survivors * vec, hw, "add")}
+    if scheme == "additive":
+        k = params["num_aggregators"]
+        return {
+            "client": _party((k - 1) * vec, (k - 1) * vec, hw, "expand+add"),
+            "helper": _party(survivors * vec, survivors * vec, hw, "expand+add"),
+            "leader": _party(0, (survivors + k - 1) * vec, hw, "add"),
+        }
+    if scheme == "secagg" and "neighbors" in params:
+        k = params["neighbors"]
+        # the server removes every survivor's self mask and, for each client dropped after sharing its keys,
+        # its pairwise masks with its surviving neighbours (k * survivors / (n - 1) of them on average)
+        server_prg = (survivors + dropped * k * survivors / max(n - 1, 1)) * vec
+        return {
+            "client": _party((k + 1) * vec, (k + 1) * vec, hw, "expand+add"),
+            "server": _party(server_prg, server_prg + survivors * vec, hw, "expand+add"),
+        }
+    out = {}
+    for kind, p in parties.items():
+        read = p["bytes_sent_per_party"] if kind == "client" else p["bytes_received_per_party"]
+        out[kind] = _party(0, read, hw, "read bytes once")
+    return out

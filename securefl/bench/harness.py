@@ -1,0 +1,373 @@
+"""The benchmark matrix: every registered scheme on the same updates, against Plaintext and the hardware floor.
+
+Points are a star around a base (n, m, dropout): n swept at the base m, m swept at the base n,
+the dropout rate swept, DP at the base point with each mechanism (where the Aggregator base takes dp=), and
+the SecAgg+ scaling sweep in n (schemes whose registry name has "+" or "plus"). At each point
+every scheme gets the same updates, seed and dropped clients; each runs one warm-up round (Numba
+JIT, key generation: reported as first_call_s), then `repeats` rounds interleaved across the
+schemes so they share the machine's load. Figures are medians over those rounds. A scheme that
+raises records the error in its cell and the run goes on. Cell budget: a cell whose estimated
+round time (the scheme's largest measured round, scaled linearly in n x m) would not fit a
+warm-up and one timed round is skipped, and one that cannot fit all its rounds gets fewer (at
+least one; the cell records how many). Run budget (--quick): cells not started in time are skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from securefl import schemes
+from securefl.aggregator import Aggregator
+from securefl.bench import floors, memory
+from securefl.errors import InputError
+from securefl.report import Report
+
+Progress = Callable[[int, str], None]  # (units done since the last call, what runs now)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one benchmark run measures. The base point is (base_n, base_m, base_dropout)."""
+
+    ns: tuple[int, ...]
+    ms: tuple[int, ...]
+    dropouts: tuple[float, ...]
+    base_n: int
+    base_m: int
+    base_dropout: float = 0.0
+    schemes: tuple[str, ...] = ()  # empty: every registered scheme
+    repeats: int = 3
+    dp_mechanisms: tuple[str, ...] = ("distributed", "central")  # DistributedGaussian, GaussianMechanism
+    dp_noise_multiplier: float = 1.0
+    dp_clip: float = 1.0
+    scaling_ns: tuple[int, ...] = ()
+    scaling_m: int = 1_000
+    cell_budget_s: float = 60.0  # a cell gets repeats rounds, or fewer (at least one) to fit this
+    run_budget_s: float | None = None  # cells not started by then are skipped
+    seed: int = 0
+    peers: bool = True
+    quick: bool = False
+
+
+QUICK = Config(ns=(4, 8, 16), ms=(100, 1_000, 10_000), dropouts=(0.0, 0.25), base_n=8, base_m=1_000,
+               repeats=3, scaling_ns=(50, 100, 200), scaling_m=100, cell_budget_s=10.0, run_budget_s=140.0,
+               quick=True)
+FULL = Config(ns=(10, 50, 100, 200), ms=(1_000, 10_000, 100_000, 1_000_000), dropouts=(0.0, 0.1, 0.3),
+              base_n=100, base_m=100_000, repeats=5, scaling_ns=(100, 300, 1_000, 3_000), scaling_m=10_000,
+              cell_budget_s=300.0)
+
+
+def preset(quick: bool, **overrides: object) -> Config:
+    """The quick or full configuration with some fields replaced (None values are ignored)."""
+    return replace(QUICK if quick else FULL, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def supports_dp() -> bool:
+    """Whether aggregators take dp= (the Aggregator base's signature says)."""
+    return "dp" in inspect.signature(Aggregator.__init__).parameters
+
+
+def scaling_schemes(names: list[str]) -> list[str]:
+    """The registered SecAgg+ variants (names with '+' or 'plus'), swept in n for the log-log plot."""
+    return [s for s in names if "+" in s or "plus" in s.lower()]
+
+
+def make_mechanism(config: Config, kind: str) -> object:
+    """A fresh DP mechanism ("distributed" or "central") for one aggregator."""
+    from securefl import dp
+
+    cls = {"distributed": dp.DistributedGaussian, "central": dp.GaussianMechanism}[kind]
+    return cls(noise_multiplier=config.dp_noise_multiplier, clip=config.dp_clip)
+
+
+@dataclass
+class Point:
+    """One (n, m, dropout, DP mechanism or None) configuration, its sweeps and the schemes measured there."""
+
+    n: int
+    m: int
+    dropout: float
+    dp: str | None
+    sweeps: set[str] = field(default_factory=set)
+    schemes: list[str] = field(default_factory=list)
+
+
+def plan(config: Config, names: list[str]) -> list[Point]:
+    """The points of the run, smallest n x m first (so skip estimates have data)."""
+    points: dict[tuple, Point] = {}
+
+    def add(n: int, m: int, d: float, dp: str | None, sweep: str, which: list[str]) -> None:
+        p = points.setdefault((n, m, d, dp), Point(n, m, d, dp))
+        p.sweeps.add(sweep)
+        p.schemes = [s for s in names if s in p.schemes or s in which]
+
+    c = config
+    for n in c.ns:
+        add(n, c.base_m, c.base_dropout, None, "n", names)
+    for m in c.ms:
+        add(c.base_n, m, c.base_dropout, None, "m", names)
+    for d in c.dropouts:
+        add(c.base_n, c.base_m, d, None, "dropout", names)
+    for mech in c.dp_mechanisms if supports_dp() else ():
+        add(c.base_n, c.base_m, c.base_dropout, mech, "dp", names)
+    scaled = scaling_schemes(names)
+    if scaled:
+        for n in c.scaling_ns:
+            add(n, c.scaling_m, c.base_dropout, None, "scaling", ["plaintext", *scaled])
+    return sorted(points.values(), key=lambda p: (p.n * p.m, p.n, p.dropout, p.dp or ""))
+
+
+def make_updates(n: int, m: int, seed: int) -> list[torch.Tensor]:
+    """n float32 updates of m values, the same for every scheme at a point."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(m, generator=g) * 0.05 for _ in range(n)]
+
+
+def dropped_clients(n: int, rate: float, seed: int) -> list[int]:
+    """round(rate x n) clients that vanish before uploading (simulation randomness), the same for every scheme."""
+    k = min(n - 1, round(rate * n))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False)) if k > 0 else []
+
+
+def summarize(report: Report, wall: float, peak: int | None) -> dict:
+    """One round's figures: per party kind seconds and bytes (clients: over the survivors), per phase seconds."""
+    names = set(report.party_seconds) | set(report.bytes_sent) | set(report.bytes_received)
+    survivors = {f"client/{i}" for i in report.survivors}
+    kinds: dict[str, list[str]] = {}
+    for name in sorted(names):
+        kind = name.split("/")[0]
+        if kind != "client" or name in survivors:
+            kinds.setdefault(kind, []).append(name)
+    parties = {}
+    for kind, members in kinds.items():
+        secs = [report.party_seconds.get(p, 0.0) for p in members]
+        parties[kind] = {
+            "count": len(members),
+            "seconds_total": sum(secs),
+            "seconds_per_party": sum(secs) / len(members),
+            "seconds_max_party": max(secs),
+            "bytes_sent_per_party": sum(report.bytes_sent.get(p, 0) for p in members) / len(members),
+            "bytes_received_per_party": sum(report.bytes_received.get(p, 0) for p in members) / len(members),
+        }
+    return {
+        "wall_s": wall,
+        "peak_memory_bytes": peak,
+        "aggregator_seconds": sum(p["seconds_total"] for k, p in parties.items() if k != "client"),
+        "parties": parties,
+        "phases": report.seconds,
+    }
+
+
+def median_tree(samples: list[dict]) -> dict:
+    """Key-wise median of nested dicts of numbers (None where no sample has a number)."""
+    out = {}
+    for key in dict.fromkeys(k for s in samples for k in s):
+        vals = [s[key] for s in samples if key in s]
+        if isinstance(vals[0], dict):
+            out[key] = median_tree(vals)
+        else:
+            nums = [v for v in vals if v is not None]
+            out[key] = statistics.median(nums) if nums else None
+    return out
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(cell: dict, base: dict) -> dict:
+    """A cell's figures over Plaintext's at the same point: per party kind (kinds Plaintext lacks against its
+    server), the aggregating side, the wall time and peak memory."""
+    parties = {}
+    for kind, p in cell["parties"].items():
+        b = base["parties"].get(kind) or base["parties"]["server"]
+        parties[kind] = {key: _div(p[key], b[key]) for key in
+                         ("seconds_per_party", "seconds_max_party", "bytes_sent_per_party", "bytes_received_per_party")}
+    return {
+        "parties": parties,
+        "aggregator_seconds": _div(cell["aggregator_seconds"], base["aggregator_seconds"]),
+        "wall_s": _div(cell["wall_s"], base["wall_s"]),
+        "peak_memory_bytes": _div(cell["peak_memory_bytes"], base["peak_memory_bytes"]),
+    }
+
+
+def _jsonable(obj: object) -> object:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class _Estimates:
+    """Median round seconds measured per scheme, to skip cells that would overrun the budget."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[tuple[int, int, float]]] = {}
+
+    def add(self, key: str, n: int, m: int, seconds: float) -> None:
+        self._seen.setdefault(key, []).append((n, m, seconds))
+
+    def estimate(self, key: str, n: int, m: int) -> float | None:
+        """Seconds of a round at (n, m): the scheme's largest measured round scaled linearly in n x m."""
+        seen = [(rn * rm, s) for rn, rm, s in self._seen.get(key, [])]
+        if not seen:
+            return None
+        size, seconds = max(seen)
+        return seconds * n * m / size
+
+
+def _skip_reason(name: str, point: Point, config: Config, est: _Estimates, deadline: float | None) -> str | None:
+    if deadline is not None and time.perf_counter() > deadline:
+        return f"the run's time budget of {config.run_budget_s:g} s was spent"
+    guess = est.estimate(name, point.n, point.m)
+    if guess is not None and 2 * guess > config.cell_budget_s:
+        return (f"estimated {guess:.2f} s per round: a warm-up and one timed round exceed the cell budget "
+                f"of {config.cell_budget_s:g} s")
+    return None
+
+
+def _timed_rounds(warmup: float, guess: float | None, config: Config) -> int:
+    """Timed rounds that fit the cell budget after the warm-up (at least one, at most config.repeats)."""
+    per_round = min(warmup, guess) if guess is not None else warmup
+    return max(1, min(config.repeats, int((config.cell_budget_s - warmup) / max(per_round, 1e-9))))
+
+
+def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress,
+                   deadline: float | None = None) -> list[dict]:
+    """Warm up and time every scheme at one point; one finished cell per scheme."""
+    updates = make_updates(point.n, point.m, config.seed)
+    dropped = dropped_clients(point.n, point.dropout, config.seed)
+    units = config.repeats + 1
+    cells, aggs, rounds, samples, last = {}, {}, {}, {}, {}
+    for name in point.schemes:
+        cell = cells[name] = {"scheme": name, "dp": point.dp, "n": point.n, "m": point.m, "dropout": point.dropout,
+                              "dropped": len(dropped), "sweeps": sorted(point.sweeps), "status": "ok"}
+        reason = _skip_reason(name, point, config, est, deadline)
+        if reason:
+            cell["status"], cell["error"] = "skipped", reason
+            tick(units, f"{name} skipped")
+            continue
+        tick(0, f"{name} n={point.n} m={point.m} warm-up")
+        try:
+            options = {"dp": make_mechanism(config, point.dp)} if point.dp else {}
+            agg = schemes.make(name, seed=config.seed, **options)
+            t0 = time.perf_counter()
+            agg.aggregate(updates, dropped=dropped)
+            cell["warmup_s"] = time.perf_counter() - t0
+        except Exception as e:  # a failing scheme must not end the run: its cell records why
+            cell["status"], cell["error"] = "error", _error(e)
+            tick(units, f"{name} failed")
+            continue
+        aggs[name], samples[name] = agg, []
+        rounds[name] = _timed_rounds(cell["warmup_s"], est.estimate(name, point.n, point.m), config)
+        tick(1 + config.repeats - rounds[name], f"{name} n={point.n} m={point.m}")
+    for rep in range(config.repeats):
+        for name, agg in list(aggs.items()):
+            if rep >= rounds[name]:
+                continue
+            tick(0, f"{name} n={point.n} m={point.m} round {rep + 1}/{rounds[name]}")
+            try:
+                with memory.peak_memory() as peak:
+                    t0 = time.perf_counter()
+                    last[name] = agg.aggregate(updates, dropped=dropped)
+                    wall = time.perf_counter() - t0
+                samples[name].append(summarize(last[name].report, wall, peak.bytes))
+            except Exception as e:
+                cells[name]["status"], cells[name]["error"] = "error", _error(e)
+                del aggs[name]
+                tick(rounds[name] - rep, f"{name} failed")
+                continue
+            tick(1, f"{name} n={point.n} m={point.m}")
+    base = last.get("plaintext") if "plaintext" in aggs else None
+    for name in aggs:
+        cell, res = cells[name], last[name]
+        cell.update(median_tree(samples[name]))
+        cell["repeats"] = len(samples[name])
+        cell["first_call_s"] = cell["warmup_s"] - cell["wall_s"]
+        cell["survivors"] = len(res.report.survivors)
+        cell["bytes_per_param"] = cell["parties"]["client"]["bytes_sent_per_party"] / point.m
+        cell["params"] = _jsonable(res.report.params)
+        cell["epsilon"] = res.report.epsilon
+        cell["max_abs_diff_vs_plaintext"] = (
+            float((res.mean.double() - base.mean.double()).abs().max()) if base is not None else None)
+        if point.dp is None:  # DP rounds add noise sampling and accounting; estimates come from plain rounds
+            est.add(name, point.n, point.m, cell["wall_s"])
+    if base is not None:
+        for name in aggs:
+            cells[name]["ratio"] = ratios(cells[name], cells["plaintext"])
+    return list(cells.values())
+
+
+def add_floors(cells: list[dict], hw: dict[str, float]) -> None:
+    """Each measured cell's floor per party kind, and its slowest party's seconds over that floor."""
+    for c in cells:
+        if c["status"] != "ok":
+            continue
+        c["floor"] = floors.scheme_floor(c["scheme"], c["n"], c["m"], c["survivors"], c["params"], c["parties"], hw)
+        for kind, f in c["floor"].items():
+            f["x_floor"] = _div(c["parties"].get(kind, {}).get("seconds_max_party"), f["seconds"])
+
+
+def first_calls(cells: list[dict]) -> dict[str, float]:
+    """Per scheme, the extra seconds of its first round in the run over a warm one (JIT compilation, keys)."""
+    out: dict[str, float] = {}
+    for c in cells:
+        if c["status"] == "ok" and c["scheme"] not in out:
+            out[c["scheme"]] = c["first_call_s"]
+    return out
+
+
+def scheme_names(config: Config) -> list[str]:
+    """The schemes a run measures, Plaintext (the baseline of every ratio) first."""
+    registered = schemes.names()
+    unknown = [s for s in config.schemes if s not in registered]
+    if unknown:
+        raise InputError(f"unknown schemes {', '.join(unknown)}; registered: {', '.join(registered)}")
+    return ["plaintext", *[s for s in (config.schemes or registered) if s != "plaintext"]]
+
+
+def run(config: Config, progress: Progress | None = None) -> dict:
+    """Measure the whole matrix, the hardware floor and the peers; return everything as one JSON-able dict."""
+    from securefl.bench import output
+    from securefl.bench import peers as peer_lines
+
+    tick = progress or (lambda _units, _what: None)
+    t_start = time.perf_counter()
+    names = scheme_names(config)
+    points = plan(config, names)
+    tick(0, "hardware floor")
+    hw = floors.measure_hardware(config.quick)
+    cells: list[dict] = []
+    est = _Estimates()
+    deadline = None if config.run_budget_s is None else t_start + config.run_budget_s
+    for point in points:
+        cells.extend(_measure_point(point, config, est, tick, deadline))
+    add_floors(cells, hw)
+    peers = peer_lines.run_all(config, cells, tick) if config.peers else []
+    return {
+        "machine": output.machine(),
+        "config": _jsonable(asdict(config)) | {"schemes": names, "dp_supported": supports_dp()},
+        "hardware": hw,
+        "memory_method": memory.METHOD if memory.available() else "unavailable (no writable /proc/self/clear_refs)",
+        "cells": cells,
+        "first_call_s": first_calls(cells),
+        "peers": peers,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def total_units(config: Config) -> int:
+    """Progress units of a run (one per round of each cell, plus the peers)."""
+    from securefl.bench import peers as peer_lines
+
+    cells = sum(len(p.schemes) for p in plan(config, scheme_names(config)))
+    return cells * (config.repeats + 1) + (len(peer_lines.PEERS) if config.peers else 0)

@@ -1,0 +1,121 @@
+"""SecAgg+ communication graphs and the (k, t) parameter choice of Bell et al. (CCS 2020).
+
+The graph is a random k-regular Harary graph: a public 32-byte seed, drawn by the server for the
+round, is expanded (HKDF + AES-CTR, bound to the session) into a permutation of the n clients
+placed on a ring; each client is joined to the k/2 clients on either side (and, for odd k, to
+the one opposite, which needs n even). k >= n - 1 gives the complete graph of Bonawitz et al.
+A client's share holders are its neighbours and itself (k + 1 parties).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from securefl.errors import ConfigError
+from securefl.mpc.prg import Expander, stream_key
+
+_LABEL = b"securefl/secagg/graph"
+
+
+class Graph:
+    """The neighbour relation of one round: nbrs[u] holds u's k neighbours, sorted."""
+
+    def __init__(self, n: int, k: int, seed: bytes, session: bytes):
+        if n < 1:
+            raise ConfigError(f"a graph needs at least one client, got n={n}")
+        self.n = n
+        self.complete = k >= n - 1
+        self.k = n - 1 if self.complete else k
+        if self.complete:
+            offsets = np.arange(1, n)
+        else:
+            if k < 2:
+                raise ConfigError(f"neighbors must be at least 2, got {k}")
+            if k % 2 and n % 2:
+                raise ConfigError(f"a {k}-regular graph on {n} clients does not exist (odd k needs even n)")
+            half = np.arange(1, k // 2 + 1)
+            offsets = np.concatenate([half, -half] + ([np.array([n // 2])] if k % 2 else []))
+        words = Expander(n, np.uint64).expand(stream_key(seed, _LABEL, session, n, self.k))
+        order = np.argsort(words, kind="stable")  # ring position -> client
+        pos = np.empty(n, np.int64)
+        pos[order] = np.arange(n)
+        nbrs = order[(pos[:, None] + offsets[None, :]) % n]
+        nbrs.sort(axis=1)
+        self.nbrs, self._pos = nbrs, pos
+        self._is_offset = np.zeros(n, bool)
+        self._is_offset[offsets % n] = True
+
+    def neighbors(self, u: int) -> np.ndarray:
+        """u's neighbours (not u itself), sorted."""
+        return self.nbrs[u]
+
+    def adjacent(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Elementwise: whether v[i] is a neighbour of u[i] (vectorised, no neighbour lists)."""
+        return self._is_offset[(self._pos[v] - self._pos[u]) % self.n]
+
+    def holders(self, u: int) -> np.ndarray:
+        """The parties holding shares of u's secrets: its neighbours and itself, sorted."""
+        return np.sort(np.append(self.nbrs[u], u))
+
+
+@lru_cache(maxsize=256)
+def choose_parameters(
+    n: int,
+    dropout_rate: float,
+    corrupt_fraction: float,
+    security_bits: int = 40,
+    correctness_bits: int = 20,
+) -> tuple[int, int]:
+    """(k, t) for SecAgg+ on n clients, following the conditions of Bell et al. 2020.
+
+    k is the smallest even degree (or n - 1: the complete graph) for which some threshold t
+    meets all of, with union bounds over the n clients:
+
+    * correctness (failure <= 2^-correctness_bits): every client keeps >= t live share holders
+      when each neighbour drops independently with probability dropout_rate:
+      n * P[1 + Bin(k, 1 - dropout_rate) < t];
+    * no client's masks are both revealed (<= 2^-security_bits): honest holders reveal one kind of
+      share per client, so a server with c corrupt holders gets both only if 2t <= k + 1 + c:
+      n * P[Bin(k, corrupt_fraction) >= 2t - k - 1];
+    * the honest live clients stay connected, so the server learns only the total: a gap of k/2
+      consecutive corrupt-or-dropped clients on the ring is needed to cut it:
+      n * (corrupt_fraction + dropout_rate)^(k/2).
+
+    t is the smallest threshold that meets the security bound (the most dropout-tolerant one).
+    Corruptions and dropouts are assumed independent of the graph's permutation. Chosen values
+    (dropout_rate, corrupt_fraction) -> (k, t):
+
+    ======  ============  ============  ============  ============  ============
+    n       (0.05, 0.05)  (0.1, 0.05)   (0.1, 0.1)    (0.2, 0.1)    (0.1, 0.2)
+    ======  ============  ============  ============  ============  ============
+    100     (48, 35)      (78, 53)      (96, 68)      none          none
+    1000    (54, 39)      (86, 58)      (108, 76)     (252, 162)    (164, 122)
+    5000    (60, 43)      (88, 59)      (118, 83)     (270, 173)    (178, 132)
+    10000   (60, 43)      (94, 63)      (120, 84)     (278, 178)    (182, 135)
+    ======  ============  ============  ============  ============  ============
+    """
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    if not (0 <= dropout_rate < 1 and 0 <= corrupt_fraction < 1 and dropout_rate + corrupt_fraction < 1):
+        raise ConfigError("dropout_rate and corrupt_fraction must be in [0, 1) with a sum below 1")
+    from scipy.stats import binom
+
+    sec = math.log2(n) + security_bits
+    cor = math.log2(n) + correctness_bits
+    bad = corrupt_fraction + dropout_rate
+    for k in [*range(2, n - 1, 2), n - 1]:
+        if k < n - 1 and bad > 0 and (k // 2) * -math.log2(bad) < sec:
+            continue
+        ts = np.arange(k // 2 + 1, k + 2)  # 2t > k + 1 is necessary even with no corrupt client
+        leak = binom.logsf(2 * ts - k - 2, k, corrupt_fraction) / math.log(2)  # log2 P[Bin >= 2t-k-1]
+        fail = binom.logcdf(ts - 2, k, 1 - dropout_rate) / math.log(2)  # log2 P[1 + Bin < t]
+        ok = (leak <= -sec) & (fail <= -cor)
+        if ok.any():
+            return k, int(ts[np.argmax(ok)])
+    raise ConfigError(
+        f"no (k, t) meets 2^-{security_bits} security and 2^-{correctness_bits} correctness for n={n}, "
+        f"dropout_rate={dropout_rate}, corrupt_fraction={corrupt_fraction}"
+    )
