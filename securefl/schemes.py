@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from securefl.aggregator import Aggregator
 from securefl.errors import InputError
+from securefl.he.ckks import CKKS
+from securefl.he.paillier import Paillier
 from securefl.mpc.additive import AdditiveSharing
 from securefl.mpc.secagg import SecAgg
 from securefl.plaintext import Plaintext
@@ -16,6 +18,8 @@ SCHEMES: dict[str, Callable[..., Aggregator]] = {
     "secagg": lambda **kw: SecAgg(threshold=0.6, **kw),
     # SecAgg+: (k, t) from the parameter finder for 5% dropout and 5% corrupt clients (needs n >= 50)
     "secagg+": lambda **kw: SecAgg(neighbors="auto", dropout_rate=0.05, corrupt_fraction=0.05, **kw),
+    "ckks": CKKS,
+    "paillier": Paillier,
 }
 
 

@@ -1,0 +1,175 @@
+"""Homomorphic-encryption aggregation: CKKS (securefl.he.ckks) and packed Paillier (securefl.he.paillier).
+
+Both schemes run the same round between three kinds of party, each its own object holding only
+its own secrets and speaking bytes:
+
+* ``KeyHolder`` ("keyholder"): creates the key pair and an Ed25519 signing key, publishes the
+  signed public key, and decrypts only the aggregate ciphertext the server sends it.
+* ``Client`` ("client/i"): gets the public key (relayed by the server; the signature is checked
+  against the key holder's verification key, provisioned out of band, so a server cannot swap in
+  a key of its own), and uploads its encrypted update.
+* ``Server`` ("server"): holds no secret key; checks and adds the ciphertexts, asks the key holder
+  to decrypt the sum and decodes it into the round's totals.
+
+Stages (for ``dropped``): "setup" (the public key reaches the clients; a client dropped here never
+gets it and sends nothing), "upload" (a client dropped here sends no ciphertext), "decrypt" (a
+client dropped here has already uploaded and stays in the sum). Any number of clients may drop;
+a round in which nobody uploads raises DropoutError.
+
+Weighted mean: each client multiplies its clipped floats by its normalised weight (weight /
+weight_bound, in [0, 1]) before encrypting and appends that weight as one more slot. The server
+and the key holder learn the weighted sums of the floats, the exact sums of the integer tensors,
+the sum of the normalised weights and who took part, never a single client's update or weight;
+an individual update is exposed only if the key holder and the server collude (the key holder
+decrypts whatever it is sent: it trusts the server to send sums, as in every HE aggregation with
+a separate decryptor). Uploads carry a BLAKE2b-256 digest over the whole message (corruption or
+tampering in transit raises ProtocolError); the key holder's messages are signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from abc import abstractmethod
+from typing import Protocol
+
+import numpy as np
+
+from securefl.aggregator import Aggregator, Batch, Totals
+from securefl.codec import FixedPoint, Flat, Layout
+from securefl.errors import DropoutError, InputError, ProtocolError
+from securefl.mpc.crypto import SIGNATURE_BYTES, ed25519_keypair, verify
+from securefl.simulation import Simulation
+
+SERVER_ID = 0xFFFFFFFF
+KEYHOLDER_ID = 0xFFFFFFFE
+DIGEST_BYTES = 32
+STAGES = ("setup", "upload", "decrypt")
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    """BLAKE2b-256 (the fastest cryptographic hash in hashlib on CPUs without SHA extensions)."""
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def with_digest(message: bytes) -> bytes:
+    """The message followed by its digest."""
+    return message + digest(message)
+
+
+def check_digest(payload: bytes, who: str) -> memoryview:
+    """The message without its digest; ProtocolError when the digest does not match."""
+    if not isinstance(payload, (bytes, bytearray)) or len(payload) < DIGEST_BYTES:
+        raise ProtocolError(f"{who}: expected a message with a digest")
+    body = memoryview(payload)[:-DIGEST_BYTES]
+    if not hmac.compare_digest(digest(body), bytes(payload[-DIGEST_BYTES:])):
+        raise ProtocolError(f"{who}: digest mismatch (corrupted or tampered in transit)")
+    return body
+
+
+def check_signed(payload: bytes, verify_key: bytes, who: str) -> memoryview:
+    """The message without its Ed25519 signature; ProtocolError when it does not verify."""
+    if not isinstance(payload, (bytes, bytearray)) or len(payload) < SIGNATURE_BYTES:
+        raise ProtocolError(f"{who}: expected a signed message")
+    body = memoryview(payload)[:-SIGNATURE_BYTES]
+    verify(verify_key, bytes(payload[-SIGNATURE_BYTES:]), body, who)
+    return body
+
+
+class Signer:
+    """The key holder's Ed25519 identity: signs what it publishes."""
+
+    def __init__(self) -> None:
+        self._sk, self.verify_key = ed25519_keypair()
+
+    def sign(self, message: bytes) -> bytes:
+        """The message followed by its signature."""
+        return message + self._sk.sign(message)
+
+
+def check_ints(flat: Flat, fixed: FixedPoint, layout: Layout, client: int) -> None:
+    """InputError naming the tensor when an integer value exceeds int_bound."""
+    if flat.ints.size:
+        bad = np.flatnonzero(np.abs(flat.ints) > fixed.int_bound)
+        if bad.size:
+            spec = layout.int_spec_at(int(bad[0]))
+            raise InputError(
+                f"client {client}: integer tensor {spec.name!r} holds {flat.ints[bad[0]]}, beyond "
+                f"int_bound={fixed.int_bound}; raise int_bound"
+            )
+
+
+class RoundParams(Protocol):
+    """What a scheme's public round parameters offer the shared driver."""
+
+    fixed: FixedPoint
+
+    def describe(self) -> dict: ...
+
+
+class HEAggregator(Aggregator):
+    """Shared round driver of the HE schemes: setup (signed public key), upload, decrypt the sum."""
+
+    stages = STAGES
+    input_stage = "upload"
+    threat_model = "only the key holder together with the server (the key holder decrypts sums only)"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._keyholder = None  # kept across rounds while its parameters fit (keys are set up once)
+
+    @abstractmethod
+    def _params(self, batch: Batch) -> RoundParams:
+        """The round's public parameters."""
+
+    @abstractmethod
+    def _new_keyholder(self, params: RoundParams):
+        """A key holder with fresh keys for these parameters."""
+
+    @abstractmethod
+    def _server(self, params: RoundParams, verify_key: bytes, sim: Simulation):
+        """The server party of this round."""
+
+    @abstractmethod
+    def _client(self, index: int, batch: Batch, params: RoundParams, verify_key: bytes, sim: Simulation):
+        """Client `index` of this round."""
+
+    def _run(self, batch: Batch, sim: Simulation) -> tuple[Totals, dict]:
+        params = self._params(batch)
+        with sim.clock("setup", "keyholder"):
+            if self._keyholder is None or not self._keyholder.serves(params):
+                self._keyholder = self._new_keyholder(params)
+            keyholder = self._keyholder
+            announce = keyholder.announce(sim.session)
+        server = self._server(params, keyholder.verify_key, sim)
+        sim.send("keyholder", "server", announce)
+        with sim.clock("setup", "server"):
+            server.setup(announce)
+        clients = []
+        for i in range(batch.n):
+            if sim.active(i, "setup"):
+                client = self._client(i, batch, params, keyholder.verify_key, sim)
+                sim.send("server", client.name, announce)
+                with sim.clock("setup", client.name):
+                    client.setup(announce)
+                clients.append(client)
+        clipped = 0
+        for client in clients:
+            if sim.active(client.index, "upload"):
+                with sim.clock("upload", client.name):
+                    msg = client.upload()
+                clipped += client.clipped
+                sim.send(client.name, "server", msg)
+                with sim.clock("upload", "server"):
+                    server.receive(msg)
+        if not server.included:
+            raise DropoutError(f"{self.scheme}: no client uploaded; there is nothing to decrypt")
+        with sim.clock("decrypt", "server"):
+            request = server.aggregate()
+        sim.send("server", "keyholder", request)
+        with sim.clock("decrypt", "keyholder"):
+            reply = keyholder.decrypt(request, params, sim.session)
+        sim.send("keyholder", "server", reply)
+        with sim.clock("decrypt", "server"):
+            floats, ints, weight = params.fixed.decode(server.finish(reply), batch.layout)
+        return Totals(floats, ints, weight, list(server.included), clipped), params.describe()
