@@ -18,7 +18,7 @@ def train_one_client(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None
         opt.step()
 
 
-agg = securefl.Plaintext()  # the scheme to use: see the README's table
+agg = securefl.SecAgg(threshold=0.6)  # or AdditiveSharing, CKKS, Paillier, Plaintext: see the README
 for rnd in range(3):
     start = {k: v.clone() for k, v in model.state_dict().items()}
     updates, weights = [], []
