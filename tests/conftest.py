@@ -17,6 +17,15 @@ class SmallNet(nn.Module):
         self.fc = nn.Linear(4, 3)
 
 
+# update structures other than a state_dict: (generator) -> one client's update
+STRUCTURES = [
+    lambda g: torch.randn(3, 4, generator=g),
+    lambda g: [torch.randn(2, generator=g), torch.randn(3, 1, generator=g)],
+    lambda g: (torch.randn(2, generator=g).half(), torch.randn(5, generator=g).to(torch.bfloat16)),
+    lambda g: [torch.randn(4, generator=g).double(), torch.randint(0, 9, (3,), generator=g)],
+]
+
+
 def state_updates(n: int, seed: int = 0, scale: float = 0.5) -> list[dict[str, torch.Tensor]]:
     """n random state_dict-shaped updates of SmallNet (floats in about [-2*scale, 2*scale], ints small)."""
     g = torch.Generator().manual_seed(seed)

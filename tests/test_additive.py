@@ -35,7 +35,7 @@ from securefl.mpc.additive import (
 )
 from securefl.mpc.prg import Expander, stream_key
 from securefl.simulation import Simulation
-from tests.conftest import state_updates
+from tests.conftest import STRUCTURES, state_updates
 from tests.reference import assert_close
 
 WEIGHTS = [0.5, 0.0, 3.25, 1.0, 7.0, 2.0]
@@ -69,15 +69,7 @@ def test_all_dropped_raises_dropout_error(updates):
         AdditiveSharing(num_aggregators=2).aggregate(updates, dropped=list(range(6)))
 
 
-@pytest.mark.parametrize(
-    "structure",
-    [
-        lambda g: torch.randn(3, 4, generator=g),
-        lambda g: [torch.randn(2, generator=g), torch.randn(3, 1, generator=g)],
-        lambda g: (torch.randn(2, generator=g).half(), torch.randn(5, generator=g).to(torch.bfloat16)),
-        lambda g: [torch.randn(4, generator=g).double(), torch.randint(0, 9, (3,), generator=g)],
-    ],
-)
+@pytest.mark.parametrize("structure", STRUCTURES)
 def test_structures_match_plaintext(structure):
     g = torch.Generator().manual_seed(0)
     ups = [structure(g) for _ in range(4)]

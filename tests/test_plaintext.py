@@ -15,6 +15,7 @@ from securefl import wire
 from securefl.codec import FixedPoint
 from securefl.errors import DropoutError, InputError, ProtocolError, StructureError
 from securefl.plaintext import KIND_UPLOAD, Server
+from tests.conftest import STRUCTURES
 from tests.reference import assert_close
 
 
@@ -50,15 +51,7 @@ def test_positive_weights_all_dropped_raises(updates):
         securefl.Plaintext().aggregate(updates, weights=[1, 0, 0, 0, 0, 0], dropped=[0])
 
 
-@pytest.mark.parametrize(
-    "structure",
-    [
-        lambda g: torch.randn(3, 4, generator=g),
-        lambda g: [torch.randn(2, generator=g), torch.randn(3, 1, generator=g)],
-        lambda g: (torch.randn(2, generator=g).half(), torch.randn(5, generator=g).to(torch.bfloat16)),
-        lambda g: [torch.randn(4, generator=g).double(), torch.randint(0, 9, (3,), generator=g)],
-    ],
-)
+@pytest.mark.parametrize("structure", STRUCTURES)
 def test_structures_and_dtypes_round_trip(structure):
     g = torch.Generator().manual_seed(0)
     ups = [structure(g) for _ in range(4)]
