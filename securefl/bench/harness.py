@@ -60,8 +60,8 @@ class Config:
 QUICK = Config(ns=(4, 8, 16), ms=(100, 1_000, 10_000), dropouts=(0.0, 0.25), base_n=8, base_m=1_000,
                repeats=3, scaling_ns=(50, 100, 200), scaling_m=100, cell_budget_s=10.0, run_budget_s=140.0,
                quick=True)
-FULL = Config(ns=(10, 50, 100, 200), ms=(1_000, 10_000, 100_000, 1_000_000), dropouts=(0.0, 0.1, 0.3),
-              base_n=100, base_m=100_000, repeats=5, scaling_ns=(100, 300, 1_000, 3_000), scaling_m=10_000,
+FULL = Config(ns=(10, 50, 100), ms=(1_000, 10_000, 100_000), dropouts=(0.0, 0.1),
+              base_n=100, base_m=100_000, repeats=3, scaling_ns=(100, 300, 1_000), scaling_m=10_000,
               cell_budget_s=300.0)
 
 
