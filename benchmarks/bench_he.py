@@ -226,7 +226,8 @@ def bench_ckks(n: int, m: int, repeats: int) -> dict:
           f"{os.cpu_count()} cores, median of {repeats} alternating runs")
     print(f"  securefl: N={p['poly_modulus_degree']}, primes {p['coeff_mod_bit_sizes']} bits "
           f"(<= {p['max_coeff_bits']} for 128-bit), scale 2^{p['scale_bits']}, "
-          f"{p['ciphertexts_per_client']} ciphertexts per client; FLARE baseline: N=8192, [60, 40, 40], 2^40")
+          f"{p['ciphertexts_per_client']} ciphertexts per client of {p['values_per_ciphertext']} values "
+          f"(two per complex slot); FLARE baseline: N=8192, [60, 40, 40], 2^40")
     table({"securefl CKKS": ours, "FLARE TenSEAL": base, "Plaintext": plain}, [
         ("upload bytes per client", "upload_bytes", "{:,.0f}"),
         ("bytes/param (upload)", "bytes_per_param", "{:.2f}"),

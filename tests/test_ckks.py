@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tenseal as ts
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tenseal import sealapi
 
 from securefl import wire
 from securefl.codec import FixedPoint, flatten_all
@@ -20,8 +23,8 @@ from securefl.he.ckks import (
     Client,
     KeyHolder,
     Params,
+    SealIO,
     Server,
-    load_vector,
     max_coeff_bits,
 )
 from tests.conftest import state_updates
@@ -70,6 +73,13 @@ def upload_blob(upload: bytes) -> bytes:
     return r.blob(1 << 30)
 
 
+def encrypt_one(ctx: ts.Context, values: np.ndarray, params: Params) -> bytes:
+    """One serialized ciphertext of `values` under ctx's public key."""
+    io = SealIO(ctx)
+    (blob,) = io.encrypt(sealapi.Encryptor(io.seal, ctx.public_key().data), values, params)
+    return blob
+
+
 def fresh_server(p):
     server = Server(p["params"], p["kh"].verify_key, SESSION)
     server.setup(p["announce"])
@@ -101,7 +111,7 @@ def test_several_ciphertexts_per_client_and_ints():
     g = torch.Generator().manual_seed(5)
     ups = [[torch.randn(5000, generator=g), torch.randint(-50, 50, (7,), generator=g)] for _ in range(4)]
     res = CKKS(poly_modulus_degree=4096, seed=2).aggregate(ups, weights=[3, 1, 2, 1])
-    assert res.report.params["ciphertexts_per_client"] == 3
+    assert res.report.params["ciphertexts_per_client"] == 2  # 5008 values, 4096 (two per complex slot) each
     ref = sum(w * u[0].double() for w, u in zip([3, 1, 2, 1], ups, strict=True)) / 7
     assert (res.mean[0].double() - ref).abs().max().item() < 1e-4
     assert torch.equal(res.sum[1], sum(u[1] for u in ups).long())
@@ -160,7 +170,7 @@ def test_keyholder_is_reused_while_parameters_fit():
 def test_default_parameters_are_128_bit_and_documented():
     layout, _ = flatten_all([torch.zeros(1000)])
     p = Params.choose(10, layout, FixedPoint.choose(10, clip=8.0, frac_bits=16, int_bound=2**16))
-    assert (p.degree, p.coeff_bits, p.scale_bits, p.slots) == (4096, (39, 20), 29, 2048)
+    assert (p.degree, p.coeff_bits, p.scale_bits, p.slots, p.per_ciphertext) == (4096, (39, 20), 29, 2048, 4096)
     for n in (1, 10, 1000, 10**5):
         for frac in (8, 16, 30):
             fixed = FixedPoint.choose(n, clip=8.0, frac_bits=frac, int_bound=2**16)
@@ -186,13 +196,16 @@ def test_unfit_parameters_raise_config_error():
 def test_server_and_client_contexts_hold_no_secret_key(parties):
     p = parties
     blob = upload_blob(p["uploads"][0])
-    for ctx in (p["server"]._ctx, p["clients"][0]._ctx):
-        assert ctx.is_public() and not ctx.has_secret_key()
-        with pytest.raises(ValueError, match="secret"):
-            load_vector(ctx, blob, p["params"], "test").decrypt()
-    # only the key holder's context decrypts, and it gives the client's values back
-    got = np.asarray(load_vector(p["kh"]._ctx, blob, p["params"], "test").decrypt())[:50]
-    assert np.abs(got - p["ups"][0].numpy()).max() < 1e-4
+    for party in (p["server"], p["clients"][0]):
+        assert party._ctx.is_public() and not party._ctx.has_secret_key()
+        with pytest.raises(ValueError, match="Secret key"):
+            party._ctx.secret_key()  # nothing to build a SEAL Decryptor from
+        assert not hasattr(party, "_decryptor")
+    # only the key holder decrypts, and it gives the client's values back, two per complex slot
+    kh = p["kh"]
+    got = kh._io.decrypt(kh._decryptor, [kh._io.load(blob, p["params"], "test")], p["params"])
+    assert np.abs(got[:50] - p["ups"][0].numpy()).max() < 1e-4
+    assert abs(got[50] - 1.0) < 1e-4 and np.abs(got[51:]).max() < 1e-4  # the weight slot, then zero padding
     published = ts.context_from(_context_blob(p["announce"]))  # what travels: public key only
     assert published.is_public() and not published.has_secret_key() and not published.has_relin_keys()
 
@@ -249,7 +262,7 @@ def test_any_flipped_byte_in_an_upload_is_refused(parties, pos, flip):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pos=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255), cut=st.booleans())
 def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip, cut):
-    """Bypassing the digest: the tensor decoder and SEAL refuse or accept, never crash."""
+    """Bypassing the digest: the header check and SEAL refuse or accept, never crash."""
     p = parties
     blob = bytearray(upload_blob(p["uploads"][2]))
     i = int(pos * len(blob))
@@ -257,7 +270,7 @@ def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip, cut):
     if not cut:
         blob[i] ^= flip
     try:
-        load_vector(p["server"]._ctx, bytes(blob), p["params"], "test")
+        p["server"]._io.load(bytes(blob), p["params"], "test")
     except ProtocolError:
         pass
 
@@ -277,15 +290,15 @@ def test_structural_faults_with_valid_digest_are_refused(parties):
         "number of ciphertexts": _reupload(p, blob, copies=2),
         "unexpected": _reupload(p, blob, sender=7),
         "truncated": _reupload(p, blob[: len(blob) // 2]),
-        "field": _reupload(p, blob + b"\x28\x01"),  # an extra protobuf field
+        "padded": _reupload(p, blob + b"\x28\x01"),  # trailing bytes
+        "header": _reupload(p, b"\0" * 16 + blob[16:]),
     }
     for match, msg in cases.items():
         with pytest.raises(ProtocolError, match=match):
             fresh_server(p).receive(msg)
     # a ciphertext under other parameters (N = 8192): refused by the decoder or SEAL
     big = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 20])
-    big.global_scale = p["params"].scale
-    alien = ts.ckks_vector(big, np.zeros(2048)).serialize()
+    alien = encrypt_one(big, np.zeros(8192), dataclasses.replace(p["params"], degree=8192, coeff_bits=(40, 20)))
     with pytest.raises(ProtocolError):
         fresh_server(p).receive(_reupload(p, alien))
 
@@ -333,9 +346,9 @@ def test_keyholder_refuses_bad_aggregates(parties):
         with pytest.raises(ProtocolError, match="not possible"):
             p["kh"].decrypt(with_digest(msg), p["params"], SESSION)
     # a sum out of range for one client: refused, not rounded into a wrong result
-    values = np.zeros(p["params"].slots)
+    values = np.zeros(p["params"].per_ciphertext)
     values[0] = 9.0 * 2  # beyond clip for count = 1
-    huge = ts.ckks_vector(p["kh"]._ctx, values).serialize()
+    huge = encrypt_one(p["kh"]._ctx, values, p["params"])
     msg = wire.Writer(KIND_AGGREGATE, SESSION, 0, SERVER_ID).raw(fp).u32(1).u32(chunks).blob(huge).finish()
     with pytest.raises(ProtocolError, match="out of range"):
         p["kh"].decrypt(with_digest(msg), p["params"], SESSION)
