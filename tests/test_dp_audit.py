@@ -86,8 +86,8 @@ def test_distributed_accuracy_within_5_points_of_central(tmp_path):
     acc = {}
     for mode in ("central", "distributed"):
         out = tmp_path / f"{mode}.json"
-        assert main(["run", "--aggregator", "additive", "--dp", mode, "--noise-multiplier", "0.02", "--clip", "1.0",
-                     "--rounds", "10", "--json", str(out)]) == 0
+        assert main(["run", "--aggregator", "additive", "--clients", "50", "--dp", mode, "--noise-multiplier", "0.5",
+                     "--clip", "1.0", "--rounds", "30", "--json", str(out)]) == 0
         acc[mode] = json.loads(out.read_text())["rounds"][-1]["accuracy"]
-    assert acc["central"] > 0.5  # the comparison is made where DP training learns
+    assert acc["central"] > 0.75  # the comparison is made where DP training learns
     assert abs(acc["distributed"] - acc["central"]) <= 0.05
