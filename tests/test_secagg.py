@@ -71,6 +71,36 @@ def test_too_many_dropouts_raise(stage):
         SecAgg(threshold=4, seed=0).aggregate(ups, dropped={0: stage, 1: stage, 2: stage})
 
 
+@pytest.mark.parametrize("neighbors", [None, 4])
+@pytest.mark.parametrize("stage", STAGES)
+def test_semi_honest_mode_is_exact_with_dropouts_at_each_stage(stage, neighbors):
+    """signed_keys=False (honest-but-curious server): no signatures, no consistency check, the same sum."""
+    ups = state_updates(10, seed=12)
+    dropped = {2: stage, 7: stage}
+    agg = SecAgg(neighbors=neighbors, threshold=3 if neighbors else 6, signed_keys=False, seed=4)
+    res = agg.aggregate(ups, weights=WEIGHTS + [2, 2], dropped=dropped)
+    assert_close(res, ups, WEIGHTS + [2, 2], included(10, dropped), clip=8.0)
+    assert res.report.survivors == included(10, dropped)
+    assert res.report.params["signed_keys"] is False and res.report.params["consistency_check"] is False
+    assert "consistency_check" not in res.report.seconds and "honest-but-curious" in agg.threat_model
+
+
+def test_semi_honest_clients_neither_sign_nor_verify():
+    r = Round(n=6, t=4, signed=False)
+    for _ in r.stages[:-1]:
+        r.step(drop=(5,) if len(r.replies) == 2 else ())  # client 5 drops at masked_input
+    total = r.step()
+    assert r.stages == [s for s in STAGES if s != "consistency_check"]
+    assert all(c.pk_ops["ed25519_sign"] == c.pk_ops["ed25519_verify"] == 0 for c in r.clients)
+    assert all(c.pk_ops["x25519"] > 0 for c in r.clients)
+    floats, _, weight = r.fixed.decode(total, r.layout)
+    assert np.allclose(floats, sum(u.double() for u in r.ups[:5]).numpy(), atol=6 * 2**-16)
+    assert abs(weight - 5) < 6 * 2**-16
+    signed = Round(n=6, t=4)
+    signed.step()
+    assert len(signed.replies["advertise_keys"][0]) == len(r.replies["advertise_keys"][0]) + 64  # the signature
+
+
 def test_without_consistency_check():
     ups = state_updates(7, seed=7)
     dropped = {1: "masked_input", 4: "unmasking"}
@@ -126,7 +156,8 @@ def test_report_counts_bytes_and_params():
 
 @pytest.mark.parametrize(
     "kwargs", [{"threshold": 0}, {"threshold": 1.5}, {"threshold": "x"}, {"neighbors": 1},
-               {"neighbors": "many"}, {"neighbors": "auto", "dropout_rate": 0.7, "corrupt_fraction": 0.5}]
+               {"neighbors": "many"}, {"neighbors": "auto", "dropout_rate": 0.7, "corrupt_fraction": 0.5},
+               {"signed_keys": False, "consistency_check": True}, {"signed_keys": 0}, {"consistency_check": "yes"}]
 )
 def test_bad_options_are_refused(kwargs):
     with pytest.raises(ConfigError):
@@ -153,7 +184,8 @@ def test_resolve_parameters():
 class Round:
     """Real parties of one round, driven stage by stage so tests can intercept or forge messages."""
 
-    def __init__(self, n=6, k=None, t=4, consistency=True, m=5, seed=0):
+    def __init__(self, n=6, k=None, t=4, consistency=None, m=5, seed=0, signed=True):
+        consistency = signed if consistency is None else consistency
         g = torch.Generator().manual_seed(seed)
         self.ups = [torch.rand(m, generator=g) * 2 - 1 for _ in range(n)]
         layout, flats = flatten_all(self.ups)
@@ -161,10 +193,10 @@ class Round:
         self.session = os.urandom(16)
         ids = [crypto.ed25519_keypair() for _ in range(n)]
         self.server = Server(n, n - 1 if k is None else k, t, fixed, fixed.length(layout), self.session,
-                             consistency_check=consistency)
+                             consistency_check=consistency, signed_keys=signed)
         self.clients = [
             Client(i, ids[i][0], [pk for _, pk in ids], flats[i], 1.0, fixed, layout, self.session,
-                   np.random.default_rng(i), consistency_check=consistency)
+                   np.random.default_rng(i), consistency_check=consistency, signed_keys=signed)
             for i in range(n)
         ]
         self.fixed, self.layout = fixed, layout
@@ -275,6 +307,51 @@ def test_key_list_with_a_forged_key_is_refused():
         r.clients[0].share_keys(bytes(msg))
 
 
+def _substitute_key(r: Round, to: int, record: int) -> bytes:
+    """The key list for client `to` with the masking key of its `record`-th peer replaced by the server's own."""
+    rd = wire.Reader(r.inbox[to], 22, r.session, 0)
+    rd.u32()
+    peers = rd.array(np.uint32)
+    size = 3 * 32 + (64 if r.server._signed else 0)
+    recs = bytearray(rd.raw(peers.size * size))
+    rd.end()
+    recs[record * size + 32 : record * size + 64] = crypto.x25519_keypair()[1]
+    return wire.Writer(22, r.session, 0, 0xFFFFFFFF).u32(to).array(peers).raw(bytes(recs)).finish()
+
+
+def test_substituted_key_is_refused_with_signed_keys():
+    """Default (active) mode: a server that swaps a peer's key for its own is caught by the key's signature."""
+    r = Round(n=5, t=3)
+    r.run_to("share_keys")
+    with pytest.raises(ProtocolError, match="keys of client 2: invalid signature"):
+        r.clients[0].share_keys(_substitute_key(r, 0, 1))
+    assert len(r.clients[0].share_keys(r.inbox[0])) > 0  # the genuine list is still accepted
+
+
+def test_semi_honest_mode_accepts_substituted_keys():
+    """What signed_keys=False gives up: nothing stops a malicious server from substituting keys."""
+    r = Round(n=5, t=3, signed=False)
+    r.run_to("share_keys")
+    assert len(r.clients[0].share_keys(_substitute_key(r, 0, 1))) > 0
+
+
+@pytest.mark.parametrize("server_flags", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("client_flags", [(True, True), (True, False), (False, False)])
+def test_client_refuses_a_setup_with_other_flags(server_flags, client_flags):
+    """A setup whose signed_keys / consistency_check differ from the client's configuration is refused."""
+    r = Round(n=5, t=3, signed=client_flags[0], consistency=client_flags[1])
+    setup = Server(5, 4, 3, r.fixed, r.fixed.length(r.layout), r.session, signed_keys=server_flags[0],
+                   consistency_check=server_flags[1]).setup()
+    if server_flags == client_flags:
+        assert len(r.clients[0].advertise_keys(setup)) > 0
+    else:
+        with pytest.raises(ProtocolError, match="setup asks for"):
+            r.clients[0].advertise_keys(setup)
+    bad = r.server.setup()[:-1] + b"\x02"  # an out-of-range flag byte
+    with pytest.raises(ProtocolError, match="setup asks for"):
+        r.clients[1].advertise_keys(bad)
+
+
 def test_key_list_too_small_is_refused():
     r = Round(n=5, t=4)
     r.run_to("share_keys")
@@ -330,8 +407,8 @@ def test_server_refuses_a_key_share_of_a_survivor():
 # ---------------------------------------------------------------- malformed and replayed messages
 
 
-def _captured(stage: str, to_server: bool):
-    r = Round(n=5, t=3, m=4)
+def _captured(stage: str, to_server: bool, signed: bool = True):
+    r = Round(n=5, t=3, m=4, signed=signed)
     r.run_to(stage)
     if to_server:
         r.replies[stage] = {i: getattr(r.clients[i], stage)(m) for i, m in r.inbox.items()}
@@ -339,8 +416,9 @@ def _captured(stage: str, to_server: bool):
     return r, r.clients[0], r.inbox[0]
 
 
-SERVER_SIDE = {s: _captured(s, True) for s in STAGES}
-CLIENT_SIDE = {s: _captured(s, False) for s in STAGES}
+MODES = [(s, True) for s in STAGES] + [(s, False) for s in STAGES if s != "consistency_check"]  # (stage, signed)
+SERVER_SIDE = {m: _captured(m[0], True, m[1]) for m in MODES}
+CLIENT_SIDE = {m: _captured(m[0], False, m[1]) for m in MODES}
 
 
 def _mutate(data: bytes, how: int, pos: int, byte: int) -> bytes:
@@ -355,51 +433,52 @@ def _mutate(data: bytes, how: int, pos: int, byte: int) -> bytes:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(STAGES), st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255))
-def test_malformed_messages_to_the_server_raise_protocol_error(stage, how, pos, byte):
-    _, server, msgs = SERVER_SIDE[stage]
+@given(st.sampled_from(MODES), st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255))
+def test_malformed_messages_to_the_server_raise_protocol_error(mode, how, pos, byte):
+    _, server, msgs = SERVER_SIDE[mode]
     bad = [_mutate(msgs[0], how, pos, byte), *msgs[1:]]
     with pytest.raises(ProtocolError):
-        getattr(server, stage)(bad)
+        getattr(server, mode[0])(bad)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(STAGES), st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255))
-def test_malformed_messages_to_a_client_raise_protocol_error(stage, how, pos, byte):
-    _, client, msg = CLIENT_SIDE[stage]
+@given(st.sampled_from(MODES), st.integers(0, 2), st.integers(0, 10**6), st.integers(0, 255))
+def test_malformed_messages_to_a_client_raise_protocol_error(mode, how, pos, byte):
+    _, client, msg = CLIENT_SIDE[mode]
     with pytest.raises(ProtocolError):
-        getattr(client, stage)(_mutate(msg, how, pos, byte))
+        getattr(client, mode[0])(_mutate(msg, how, pos, byte))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(STAGES), st.integers(0, 10**6), st.integers(1, 255))
-def test_flipped_body_bytes_never_crash_a_client(stage, pos, byte):
+@given(st.sampled_from(MODES), st.integers(0, 10**6), st.integers(1, 255))
+def test_flipped_body_bytes_never_crash_a_client(mode, pos, byte):
     """Anywhere in the body, a flipped bit is refused with ProtocolError or (for unauthenticated fields) accepted."""
-    _, client, msg = CLIENT_SIDE[stage]
+    _, client, msg = CLIENT_SIDE[mode]
     b = bytearray(msg)
     b[wire.HEADER_SIZE + pos % (len(b) - wire.HEADER_SIZE)] ^= byte
     try:
-        getattr(client, stage)(bytes(b))
+        getattr(client, mode[0])(bytes(b))
     except ProtocolError:
         return
-    CLIENT_SIDE[stage] = _captured(stage, False)  # accepted: the next example needs a client at this stage
+    CLIENT_SIDE[mode] = _captured(mode[0], False, mode[1])  # accepted: the next example needs a fresh client
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_replayed_messages_from_another_round_are_refused(stage):
-    other = Round(n=5, t=3, m=4)
+@pytest.mark.parametrize("mode", MODES)
+def test_replayed_messages_from_another_round_are_refused(mode):
+    stage = mode[0]
+    other = Round(n=5, t=3, m=4, signed=mode[1])
     other.run_to(stage)
-    _, client, _ = CLIENT_SIDE[stage]
+    _, client, _ = CLIENT_SIDE[mode]
     with pytest.raises(ProtocolError, match="another session"):
         getattr(client, stage)(other.inbox[0])
-    _, server, msgs = SERVER_SIDE[stage]
+    _, server, msgs = SERVER_SIDE[mode]
     replayed = getattr(other.clients[0], stage)(other.inbox[0])
     with pytest.raises(ProtocolError, match="another session"):
         getattr(server, stage)([replayed, *msgs[1:]])
 
 
 def test_repeated_or_unexpected_senders_are_refused():
-    _, server, msgs = SERVER_SIDE["masked_input"]
+    _, server, msgs = SERVER_SIDE["masked_input", True]
     with pytest.raises(ProtocolError, match="repeated"):
         server.masked_input([msgs[0], msgs[0]])
     r = Round(n=5, t=3, m=4)

@@ -49,10 +49,12 @@ def load_x25519_public(raw: bytes, who: str) -> X25519PublicKey:
         raise ProtocolError(f"{who}: invalid X25519 public key: {e}") from None
 
 
-def agree(sk: X25519PrivateKey, peer_public: bytes, who: str) -> bytes:
-    """Raw X25519 shared secret with a peer's public key (always pass it through hkdf)."""
+def agree(sk: X25519PrivateKey, peer_public: bytes | X25519PublicKey, who: str) -> bytes:
+    """Raw X25519 shared secret with a peer's public key, raw or loaded once (always pass it through hkdf)."""
+    if not isinstance(peer_public, X25519PublicKey):
+        peer_public = load_x25519_public(peer_public, who)
     try:
-        return sk.exchange(load_x25519_public(peer_public, who))
+        return sk.exchange(peer_public)
     except ValueError as e:  # low-order point
         raise ProtocolError(f"{who}: key agreement failed: {e}") from None
 

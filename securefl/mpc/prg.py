@@ -8,6 +8,8 @@ power-of-two ring the words are uniform with no rejection step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
@@ -56,25 +58,32 @@ class Expander:
         self._encryptor(key).update_into(zeros, buf)
         return words
 
-    def _apply(self, acc: np.ndarray, key: bytes, op: np.ufunc) -> None:
+    def apply(self, acc: np.ndarray, add: Sequence[bytes] = (), sub: Sequence[bytes] = ()) -> None:
+        """acc += sum of PRG(add keys) - sum of PRG(sub keys) mod 2^b, in place.
+
+        Chunk by chunk, every keystream is streamed through the one small buffer into the same
+        cache-resident slice of acc: one pass over acc, and no Python call per key per full vector.
+        """
         if acc.shape != (self.length,):
             raise ValueError(f"accumulator of shape {acc.shape}, expected ({self.length},)")
-        enc = self._encryptor(key)
+        streams = [(self._encryptor(k).update_into, np.add) for k in add]
+        streams += [(self._encryptor(k).update_into, np.subtract) for k in sub]
         zeros, buf, words = self._small
         size = self.dtype.itemsize
         for start in range(0, self.length, self._chunk):
             count = min(self._chunk, self.length - start)
-            enc.update_into(zeros[: count * size], buf)  # the keystream continues across chunks
-            part = acc[start : start + count]
-            op(part, words[:count], out=part)
+            pad, part, w = zeros[: count * size], acc[start : start + count], words[:count]
+            for update, op in streams:
+                update(pad, buf)  # each keystream continues across chunks
+                op(part, w, out=part)
 
     def add(self, acc: np.ndarray, key: bytes) -> None:
         """acc += PRG(key) mod 2^b, in place (the same words as expand(key))."""
-        self._apply(acc, key, np.add)
+        self.apply(acc, add=(key,))
 
     def sub(self, acc: np.ndarray, key: bytes) -> None:
         """acc -= PRG(key) mod 2^b, in place."""
-        self._apply(acc, key, np.subtract)
+        self.apply(acc, sub=(key,))
 
 
 def aes_ctr_throughput(nbytes: int = 64 << 20, repeats: int = 3) -> float:

@@ -11,14 +11,16 @@ their holders signed, so the server learns the sum and nothing else unless t hol
 
 Stages (each client drops at one of them and sends nothing from there on):
 
-  advertise_keys     server -> setup (n, k, t, graph seed); client -> two X25519 keys, b_u commitment, signed
+  advertise_keys     server -> setup (n, k, t, graph seed, flags); client -> two X25519 keys, b_u commitment, signed
   share_keys         server -> neighbours' signed keys; client -> AES-GCM-encrypted shares, one per neighbour
   masked_input       server -> the shares addressed to u; client -> y_u
   consistency_check  server -> survivor bitmap; client -> its Ed25519 signature of the bitmap
   unmasking          server -> bitmap, holders' signatures, peers to unmask; client -> b- or key-shares
 
 The client-server channel is assumed authenticated (TLS), as in Bonawitz et al.; everything else
-(keys, shares, survivor lists) is authenticated end to end.
+(keys, shares, survivor lists) is authenticated end to end. With signed_keys=False (Bonawitz's
+honest-but-curious variant, the threat model of Flower's SecAgg+) keys are neither signed nor
+verified and there is no consistency check; see SecAgg for what that gives up.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from securefl import wire
 from securefl.aggregator import Aggregator, Batch, Totals
@@ -56,7 +58,7 @@ L_SURVIVORS = b"securefl/secagg/survivors"
 
 KEY = crypto.PUBLIC_KEY_BYTES
 SIG = crypto.SIGNATURE_BYTES
-RECORD = 4 + 3 * KEY + SIG  # id, c_pk, s_pk, commitment, signature
+KEYS = 3 * KEY  # c_pk, s_pk, commitment: an advertised record, followed by its signature when keys are signed
 E = shamir.ELEMS
 SHARE_PT = 8 + 2 * E * 8  # owner, holder, b-share and key-share elements
 SHARE_CT = crypto.NONCE_BYTES + SHARE_PT + crypto.TAG_BYTES
@@ -100,6 +102,16 @@ def resolve_parameters(
     return k, t
 
 
+def check_modes(signed_keys: bool, consistency_check: bool) -> None:
+    """ConfigError for option values that are not booleans, or a consistency check without signed keys."""
+    if not isinstance(signed_keys, bool) or not isinstance(consistency_check, bool):
+        raise ConfigError(f"signed_keys and consistency_check must be booleans, got {signed_keys!r}, "
+                          f"{consistency_check!r}")
+    if consistency_check and not signed_keys:
+        raise ConfigError("consistency_check needs signed_keys: a server free to substitute unsigned keys "
+                          "defeats the signed survivor list anyway")
+
+
 def _ids(r: wire.Reader, n: int) -> np.ndarray:
     """A strictly increasing array of client ids < n."""
     a = r.array(np.uint32).astype(np.int64)
@@ -124,7 +136,8 @@ def _signed_keys(session: bytes, round_: int, u: int, c_pk: bytes, s_pk: bytes, 
     return crypto.context(L_ADVERTISE, session, round_, u) + c_pk + s_pk + commit
 
 
-def _pair_key(sk: X25519PrivateKey, peer_pk: bytes, session: bytes, u: int, v: int, who: str) -> bytes:
+def _pair_key(sk: X25519PrivateKey, peer_pk: bytes | X25519PublicKey, session: bytes, u: int, v: int,
+              who: str) -> bytes:
     """AES-CTR key of the pairwise mask between u and v (the same for both)."""
     return stream_key(crypto.agree(sk, peer_pk, who), L_PAIR, session, min(u, v), max(u, v))
 
@@ -154,11 +167,14 @@ class Client:
         rng: np.random.Generator,
         round_: int = 0,
         consistency_check: bool = True,
+        signed_keys: bool = True,
     ):
+        check_modes(signed_keys, consistency_check)
         self.index, self.name = index, f"client/{index}"
         self._id_sk, self._dir, self._n = identity, list(directory), len(directory)
         self._flat, self._weight, self._fixed, self._layout, self._rng = flat, weight, fixed, layout, rng
         self._session, self._round, self._consistency = session, round_, consistency_check
+        self._signed, self._record = signed_keys, KEYS + (SIG if signed_keys else 0)
         self._stage = 0
         self.clipped = self.prg_bytes = 0
         self.pk_ops = {"x25519": 0, "ed25519_sign": 0, "ed25519_verify": 0}  # counted for the cost floor
@@ -176,15 +192,18 @@ class Client:
         return wire.Writer(kind, self._session, self._round, self.index)
 
     def advertise_keys(self, setup: bytes) -> bytes:
-        """Check the round's public parameters; answer with signed public keys and the b_u commitment."""
+        """Check the round's public parameters; answer with (signed) public keys and the b_u commitment."""
         r = self._read(setup, KIND_SETUP, 0, "setup")
         n, k, t = r.u32(), r.u32(), r.u32()
-        seed, ring_bits, length, consistency = r.raw(32), r.u8(), r.u64(), r.u8()
+        seed, ring_bits, length, consistency, signed = r.raw(32), r.u8(), r.u64(), r.u8(), r.u8()
         r.end()
         if n != self._n or ring_bits != self._fixed.ring_bits or length != self._fixed.length(self._layout):
             raise ProtocolError(f"{self.name}: setup does not match the federation (n, ring or vector length)")
-        if consistency != int(self._consistency):
-            raise ProtocolError(f"{self.name}: setup turns the consistency check {'on' if consistency else 'off'}")
+        if (consistency, signed) != (int(self._consistency), int(self._signed)):
+            raise ProtocolError(
+                f"{self.name}: setup asks for consistency_check={consistency}, signed_keys={signed}; this client "
+                f"runs consistency_check={int(self._consistency)}, signed_keys={int(self._signed)}"
+            )
         try:
             self._graph = Graph(n, k, seed, self._session)
         except ConfigError as e:
@@ -198,16 +217,19 @@ class Client:
         self._s_sk, self._s_pk = crypto.x25519_keypair()
         self._b = os.urandom(shamir.SECRET_BYTES)
         commit = _commitment(self._b, self._session, self.index)
-        sig = self._id_sk.sign(_signed_keys(self._session, self._round, self.index, c_pk, self._s_pk, commit))
-        self.pk_ops["ed25519_sign"] += 1
+        w = self._write(KIND_ADVERTISE).raw(c_pk).raw(self._s_pk).raw(commit)
+        if self._signed:
+            w.raw(self._id_sk.sign(_signed_keys(self._session, self._round, self.index, c_pk, self._s_pk, commit)))
+            self.pk_ops["ed25519_sign"] += 1
         self._stage = 1
-        return self._write(KIND_ADVERTISE).raw(c_pk).raw(self._s_pk).raw(commit).raw(sig).finish()
+        return w.finish()
 
     def share_keys(self, keys: bytes) -> bytes:
-        """Verify the neighbours' signed keys; send each neighbour its encrypted shares of b_u and s_u."""
+        """Verify the neighbours' signed keys (if signed); send each neighbour its encrypted shares of b_u and s_u."""
         r = self._read(keys, KIND_KEYS, 1, "key list")
         peers = _ids(r, self._n)
-        block = r.raw(peers.size * (RECORD - 4))
+        rec_len = self._record
+        block = r.raw(peers.size * rec_len)
         r.end()
         if not np.isin(peers, self._nbrs).all():
             raise ProtocolError(f"{self.name}: key list names clients that are not its neighbours")
@@ -216,10 +238,11 @@ class Client:
         self._peer_s_pk, self._enc_keys = {}, {}
         seen = {self._s_pk}
         for j, v in enumerate(peers.tolist()):
-            rec = block[j * (RECORD - 4) : (j + 1) * (RECORD - 4)]
-            c_pk, s_pk, commit, sig = rec[:KEY], rec[KEY : 2 * KEY], rec[2 * KEY : 3 * KEY], rec[3 * KEY :]
-            crypto.verify(self._dir[v], sig, _signed_keys(self._session, self._round, v, c_pk, s_pk, commit),
-                          f"{self.name}: keys of client {v}")
+            rec = block[j * rec_len : (j + 1) * rec_len]
+            c_pk, s_pk = rec[:KEY], rec[KEY : 2 * KEY]
+            if self._signed:
+                crypto.verify(self._dir[v], rec[KEYS:], _signed_keys(self._session, self._round, v, c_pk, s_pk,
+                              rec[2 * KEY : KEYS]), f"{self.name}: keys of client {v}")
             if c_pk == s_pk or s_pk in seen:
                 raise ProtocolError(f"{self.name}: client {v} reuses a public key")
             seen.add(s_pk)
@@ -228,7 +251,7 @@ class Client:
             self._enc_keys[v] = crypto.hkdf(shared, L_SHARE_KEY, self._session, min(self.index, v), max(self.index, v))
         self._peers = peers
         self.pk_ops["x25519"] += peers.size
-        self.pk_ops["ed25519_verify"] += peers.size
+        self.pk_ops["ed25519_verify"] += peers.size if self._signed else 0
         holders = np.sort(np.append(peers, self.index))
         shares = shamir.split_secrets([self._b, self._s_sk.private_bytes_raw()], self._t, holders)
         me = int(np.searchsorted(holders, self.index))
@@ -263,12 +286,13 @@ class Client:
             rows[j] = shamir.decode_shares(pt[8:], 2 * E, f"{self.name}: share from client {v}")
         self._senders, self._rows = senders, rows
         vec, self.clipped = self._fixed.encode(self._flat, self._weight, self._rng, self._layout, self.index)
-        exp = Expander(vec.size, vec.dtype)
-        exp.add(vec, stream_key(self._b, L_SELF, self._session, self.index))
+        add, sub = [stream_key(self._b, L_SELF, self._session, self.index)], []
         for v in senders.tolist():
             key = _pair_key(self._s_sk, self._peer_s_pk[v], self._session, self.index, v,
                             f"{self.name}: mask with client {v}")
-            (exp.add if self.index < v else exp.sub)(vec, key)
+            (add if self.index < v else sub).append(key)
+        exp = Expander(vec.size, vec.dtype)
+        exp.apply(vec, add, sub)
         self.prg_bytes = exp.bytes_expanded
         self.pk_ops["x25519"] += senders.size
         self._stage = 3
@@ -344,9 +368,11 @@ class Server:
     """
 
     def __init__(self, n: int, k: int, t: int, fixed: FixedPoint, length: int, session: bytes,
-                 round_: int = 0, consistency_check: bool = True):
+                 round_: int = 0, consistency_check: bool = True, signed_keys: bool = True):
+        check_modes(signed_keys, consistency_check)
         self._n, self._t, self._fixed, self._length = n, t, fixed, length
         self._session, self._round, self._consistency = session, round_, consistency_check
+        self._signed, self._record = signed_keys, KEYS + (SIG if signed_keys else 0)
         self._seed = os.urandom(shamir.SECRET_BYTES)
         self.graph = Graph(n, k, self._seed, session)
         self._exp = Expander(length, fixed.dtype)
@@ -396,14 +422,14 @@ class Server:
         """The round's public parameters, the same for every client."""
         return (wire.Writer(KIND_SETUP, self._session, self._round, SERVER_ID).u32(SERVER_ID)
                 .u32(self._n).u32(self.graph.k).u32(self._t).raw(self._seed).u8(self._fixed.ring_bits)
-                .u64(self._length).u8(int(self._consistency)).finish())
+                .u64(self._length).u8(int(self._consistency)).u8(int(self._signed)).finish())
 
     def advertise_keys(self, msgs: Sequence[bytes]) -> dict[int, bytes]:
-        """Collect signed keys; send each client its live neighbours' keys."""
-        self._records: dict[int, bytes] = {}
+        """Collect (signed) keys; send each client its live neighbours' keys."""
+        self._records = np.zeros((self._n, self._record), np.uint8)  # row u: client u's advertised record
         u1 = np.zeros(self._n, bool)
         for r in self._readers(msgs, KIND_ADVERTISE, np.ones(self._n, bool), "advertised keys"):
-            self._records[r.sender] = r.raw(RECORD - 4)
+            self._records[r.sender] = np.frombuffer(r.raw(self._record), np.uint8)
             r.end()
             u1[r.sender] = True
         self._a1 = self._prune(u1, "advertise_keys")
@@ -412,7 +438,7 @@ class Server:
             peers = self.graph.neighbors(u)
             peers = peers[self._a1[peers]]
             out[u] = (self._write(KIND_KEYS, u).array(peers.astype(np.uint32))
-                      .raw(b"".join(self._records[v] for v in peers.tolist())).finish())
+                      .raw(self._records[peers].tobytes()).finish())
         return out
 
     def share_keys(self, msgs: Sequence[bytes]) -> dict[int, bytes]:
@@ -536,23 +562,30 @@ class Server:
         return {(int(kd), int(u)): s for kd, u, s in zip(need_kind, need_key, values, strict=True)}
 
     def _strip(self, secrets: dict[tuple[int, int], bytes]) -> np.ndarray:
-        acc, exp = self._acc.copy(), self._exp
+        """Check each secret against its commitment or public key; remove every mask in one pass over the sum."""
+        acc, add, sub = self._acc.copy(), [], []
+        loaded: dict[int, X25519PublicKey] = {}  # survivors' masking keys, each loaded once
         for (kind, u), s in secrets.items():
-            s_pk, commit = self._records[u][KEY : 2 * KEY], self._records[u][2 * KEY : 3 * KEY]
+            s_pk, commit = self._records[u, KEY : 2 * KEY].tobytes(), self._records[u, 2 * KEY : KEYS].tobytes()
             if kind == 0:
                 if _commitment(s, self._session, u) != commit:
                     raise ProtocolError(f"server: reconstructed self-mask seed of client {u} fails its commitment")
-                exp.sub(acc, stream_key(s, L_SELF, self._session, u))
+                sub.append(stream_key(s, L_SELF, self._session, u))
                 continue
             sk = X25519PrivateKey.from_private_bytes(s)
-            self.pk_ops["x25519"] += 1 + int(self._u3[self.graph.neighbors(u)].sum())  # public key check + pairs
             if sk.public_key().public_bytes_raw() != s_pk:
                 raise ProtocolError(f"server: reconstructed masking key of client {u} does not match its public key")
             nb = self.graph.neighbors(u)
-            for v in nb[self._u3[nb]].tolist():
-                key = _pair_key(sk, self._records[v][KEY : 2 * KEY], self._session, u, v, f"server: mask of {u}")
-                (exp.sub if v < u else exp.add)(acc, key)  # v added +PRG when v < u
-        self.prg_bytes = exp.bytes_expanded
+            live = nb[self._u3[nb]].tolist()
+            self.pk_ops["x25519"] += 1 + len(live)  # public key check + pairs
+            for v in live:
+                if v not in loaded:
+                    loaded[v] = crypto.load_x25519_public(self._records[v, KEY : 2 * KEY].tobytes(),
+                                                          f"server: key of {v}")
+                key = _pair_key(sk, loaded[v], self._session, u, v, f"server: mask of {u}")
+                (sub if v < u else add).append(key)  # v added +PRG when v < u
+        self._exp.apply(acc, add, sub)
+        self.prg_bytes = self._exp.bytes_expanded
         return acc
 
 
@@ -562,8 +595,24 @@ class SecAgg(Aggregator):
     threshold: t as an int, a fraction of the share holders (the k + 1 of SecAgg+, or all n), or
     None (2/3 of them). neighbors: None (complete graph, Bonawitz et al.), an int k (random
     k-regular Harary graph, Bell et al.), or "auto" (k and t from graph.choose_parameters with
-    dropout_rate and corrupt_fraction). consistency_check: Bonawitz's signed survivor list
-    against a server that lies about dropouts.
+    dropout_rate and corrupt_fraction).
+
+    signed_keys (default True) and consistency_check (default: the value of signed_keys) select
+    the threat model. The defaults are Bonawitz's actively secure variant: every advertised key is
+    signed with the client's Ed25519 identity key and checked by its neighbours, and the survivor
+    list is signed by t holders, so even a malicious server learns only the sum unless t clients
+    collude with it. signed_keys=False is Bonawitz's honest-but-curious variant (the threat model
+    of Flower's SecAgg+), with no Ed25519 operation and no consistency check (which needs signed
+    keys). It is private only against a server that follows the protocol; it gives up:
+      * key substitution: the server relays the public keys, so a malicious one can swap a peer's
+        keys for its own, open the shares encrypted to that "peer" and agree the pairwise masks
+        itself; with t such shares of b_u and of s_u it unmasks client u's input alone;
+      * honest dropout reports: the server can tell some holders that u dropped (to collect shares
+        of u's masking key) and others that it survived (shares of b_u), and unmask x_u.
+    Kept in both modes: shares AES-256-GCM-encrypted between the pair with ids and round in the
+    associated data, keys bound to the session and ids through HKDF, the commitment to b_u and the
+    public-key check of reconstructed keys (a wrong reconstruction raises, never a wrong sum), and
+    each client's refusal to reveal both shares of one peer or to accept fewer than t holders.
     """
 
     scheme = "secagg"
@@ -572,10 +621,16 @@ class SecAgg(Aggregator):
     threat_model = "only the server together with >= t colluding clients (t = threshold)"
 
     def __init__(self, threshold: int | float | None = None, neighbors: int | str | None = None,
-                 consistency_check: bool = True, dropout_rate: float = 0.1, corrupt_fraction: float = 0.1,
-                 **kwargs):
+                 consistency_check: bool | None = None, dropout_rate: float = 0.1, corrupt_fraction: float = 0.1,
+                 signed_keys: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.threshold, self.neighbors, self.consistency_check = threshold, neighbors, consistency_check
+        consistency_check = signed_keys if consistency_check is None else consistency_check
+        check_modes(signed_keys, consistency_check)
+        self.signed_keys, self.consistency_check = signed_keys, consistency_check
+        if not signed_keys:
+            self.threat_model = ("an honest-but-curious server together with >= t colluding clients (t = threshold); "
+                                 "a malicious server alone (signed_keys=False)")
+        self.threshold, self.neighbors = threshold, neighbors
         self.dropout_rate, self.corrupt_fraction = dropout_rate, corrupt_fraction
         if neighbors == "auto":
             if not (0 <= dropout_rate < 1 and 0 <= corrupt_fraction < 1 and dropout_rate + corrupt_fraction < 1):
@@ -602,11 +657,13 @@ class SecAgg(Aggregator):
         identities = [crypto.ed25519_keypair() for _ in range(n)]  # long-term keys from a PKI
         directory = [pk for _, pk in identities]
         with sim.clock("advertise_keys", "server"):
-            server = Server(n, k, t, fixed, length, sim.session, consistency_check=self.consistency_check)
+            server = Server(n, k, t, fixed, length, sim.session, consistency_check=self.consistency_check,
+                            signed_keys=self.signed_keys)
             setup = server.setup()
         clients = [
             Client(i, identities[i][0], directory, batch.flats[i], float(batch.weights[i]), fixed, batch.layout,
-                   sim.session, sim.rng(f"client/{i}"), consistency_check=self.consistency_check)
+                   sim.session, sim.rng(f"client/{i}"), consistency_check=self.consistency_check,
+                   signed_keys=self.signed_keys)
             for i in range(n)
         ]
         inbox = {i: setup for i in range(n)}
@@ -631,6 +688,7 @@ class SecAgg(Aggregator):
             "threshold": t,
             "share_holders": server.graph.k + 1,
             "consistency_check": self.consistency_check,
+            "signed_keys": self.signed_keys,
             "ring_bits": fixed.ring_bits,
             "field": "GF(2^61 - 1)",
             "prg": "AES-128-CTR",
