@@ -64,7 +64,7 @@ def scheme_floor(scheme: str, n: int, m: int, survivors: int, params: dict, part
             "helper": _party(survivors * vec, survivors * vec, hw, "expand+add"),
             "leader": _party(0, (survivors + k - 1) * vec, hw, "add"),
         }
-    if scheme == "secagg" and "neighbors" in params:
+    if scheme.startswith("secagg") and "neighbors" in params:  # SecAgg and SecAgg+ (registry name "secagg+")
         k = params["neighbors"]
         # the server removes every survivor's self mask and, for each client dropped after sharing its keys,
         # its pairwise masks with its surviving neighbours (k * survivors / (n - 1) of them on average)
