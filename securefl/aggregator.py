@@ -97,6 +97,7 @@ class Aggregator(ABC):
     input_stage: ClassVar[str]
     threat_model: ClassVar[str]  # one line: who could learn an individual update
     output_party: ClassVar[str] = "server"  # the party that decodes the sum (adds central DP noise)
+    central_noise_in_ring: ClassVar[bool] = False  # True: the scheme's decryptor adds central noise to ring words
     simulation_class: ClassVar[type[Simulation]] = Simulation  # the audit swaps in a recording one
 
     def __init__(
@@ -125,7 +126,9 @@ class Aggregator(ABC):
     def fixed_point(self, n_clients: int) -> FixedPoint:
         """The ring parameters for a round of n_clients (with the DP clip and client noise when dp is set)."""
         if self.dp is None or self.dp.kind != "distributed":
-            return FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound)
+            in_ring = self.dp is not None and self.central_noise_in_ring
+            return FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound,
+                                     noise_bound=self.dp.ring_noise_bound(self.frac_bits) if in_ring else 0.0)
         noise_var = self.dp.local_variance(self.frac_bits, self.min_survivors(n_clients))
         fixed = FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound,
                                   noise_bound=self.dp.noise_bound(noise_var, n_clients))

@@ -139,3 +139,19 @@ def test_poisson_client_sampling_in_training():
     sizes = [m.participants for m in hist]
     assert all(s < 10 for s in sizes) and len(set(sizes)) > 1
     assert all(m.epsilon is not None for m in hist if m.error is None)
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "paillier"])
+def test_he_key_holder_releases_only_the_noisy_sum(scheme):
+    """Central DP with HE: the key holder adds the noise before it replies, so the server never gets the exact
+    sum (the base class adds none afterwards) and the noise on the sum has the stated scale."""
+    from securefl import schemes
+
+    z, clip, dim = 0.8, 0.5, 3000
+    agg = schemes.make(scheme, seed=3, dp=dp.GaussianMechanism(z, clip))
+    res = agg.aggregate([torch.zeros(dim) for _ in range(3)])
+    noise = res.sum.numpy().astype(np.float64)
+    assert "dp_noise" not in res.report.seconds  # no party after the key holder added noise
+    assert noise.std() == pytest.approx(z * clip, rel=0.06)
+    assert abs(noise.mean()) < 5 * z * clip / math.sqrt(dim)
+    assert res.report.epsilon == pytest.approx(dp.epsilon(noise_multiplier=z, delta=1e-5), rel=0.01)

@@ -217,6 +217,16 @@ class GaussianMechanism(Mechanism):
         """Add the noise to a float sum in place (the hook for the party that decodes the sum)."""
         floats += rng.normal(0.0, self.noise_multiplier * self.clip, floats.shape)
 
+    def add_ring_noise(self, signed: np.ndarray, frac_bits: int, rng: np.random.Generator) -> None:
+        """Add the noise, in fixed-point units and rounded, to signed ring words in place (the HE key holder's
+        hook: it releases only the noisy sum). Rounding after the Gaussian is post-processing."""
+        noise = rng.normal(0.0, self.noise_multiplier * self.clip * 2.0**frac_bits, signed.shape)
+        np.add(signed, np.rint(noise).astype(signed.dtype), out=signed)
+
+    def ring_noise_bound(self, frac_bits: int) -> float:
+        """Ring headroom for that noise (NOISE_SIGMAS standard deviations)."""
+        return NOISE_SIGMAS * self.noise_multiplier * self.clip * 2.0**frac_bits
+
     def effective_noise_multiplier(self) -> float:
         return self.noise_multiplier
 

@@ -22,8 +22,10 @@ and the key holder learn the weighted sums of the floats, the exact sums of the 
 the sum of the normalised weights and who took part, never a single client's update or weight;
 an individual update is exposed only if the key holder and the server collude (the key holder
 decrypts whatever it is sent: it trusts the server to send sums, as in every HE aggregation with
-a separate decryptor). Uploads carry a BLAKE2b-256 digest over the whole message (corruption or
-tampering in transit raises ProtocolError); the key holder's messages are signed.
+a separate decryptor). With central DP (dp.GaussianMechanism) the key holder adds the noise before
+it releases the sum, so the server never sees the exact aggregate. Uploads carry a BLAKE2b-256
+digest over the whole message (corruption or tampering in transit raises ProtocolError); the key
+holder's messages are signed.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
+from securefl import wire
 from securefl.aggregator import Aggregator, Batch, Totals
 from securefl.codec import FixedPoint, Flat, Layout
 from securefl.errors import DropoutError, InputError, ProtocolError
@@ -87,6 +91,35 @@ class Signer:
         return message + self._sk.sign(message)
 
 
+def noise_hook(aggregator: Aggregator, fixed: FixedPoint, floats: int, rng: np.random.Generator) -> Callable | None:
+    """The key holder's central-DP step, or None: adds N(0, (z clip)^2) to the `floats` float sums of a
+    ring vector, in ring units (the ring's headroom includes it: Aggregator.central_noise_in_ring)."""
+    dp = aggregator.dp
+    if dp is None or dp.kind != "central":
+        return None
+    return lambda ring: dp.add_ring_noise(ring[:floats].view(fixed.signed), fixed.frac_bits, rng)
+
+
+def result_message(kind: int, signer: Signer, ring: np.ndarray, count: int, noise: Callable | None,
+                   session: bytes, round_: int) -> bytes:
+    """The key holder's signed reply: the aggregate of `count` clients as the codec's ring vector, with the
+    central DP noise (if any) added first, so nobody but the key holder sees the exact sum."""
+    if noise is not None:
+        noise(ring)
+    return signer.sign(wire.Writer(kind, session, round_, KEYHOLDER_ID).u32(count).array(ring).finish())
+
+
+def read_result(payload: bytes, kind: int, verify_key: bytes, count: int, fixed: FixedPoint, length: int,
+                session: bytes, round_: int, what: str) -> np.ndarray:
+    """The server's side of result_message: the signed ring vector of its `count` clients."""
+    r = wire.Reader(check_signed(payload, verify_key, what), kind, session, round_, what=what)
+    if r.sender != KEYHOLDER_ID or r.u32() != count:
+        raise ProtocolError(f"{what}: not the key holder's reply for {count} clients")
+    vec = r.array(fixed.dtype, length)
+    r.end()
+    return vec
+
+
 def check_ints(flat: Flat, fixed: FixedPoint, layout: Layout, client: int) -> None:
     """InputError naming the tensor when an integer value exceeds int_bound."""
     if flat.ints.size:
@@ -113,6 +146,8 @@ class HEAggregator(Aggregator):
     stages = STAGES
     input_stage = "upload"
     threat_model = "only the key holder together with the server (the key holder decrypts sums only)"
+    output_party = "keyholder"  # it decrypts the sum and, with central DP, releases it only with noise added
+    central_noise_in_ring = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -167,9 +202,11 @@ class HEAggregator(Aggregator):
         with sim.clock("decrypt", "server"):
             request = server.aggregate()
         sim.send("server", "keyholder", request)
+        noise = noise_hook(self, params.fixed, batch.layout.float_size, sim.rng("keyholder"))
         with sim.clock("decrypt", "keyholder"):
-            reply = keyholder.decrypt(request, params, sim.session)
+            reply = keyholder.decrypt(request, params, sim.session, noise=noise)
         sim.send("keyholder", "server", reply)
         with sim.clock("decrypt", "server"):
             floats, ints, weight = params.fixed.decode(server.finish(reply), batch.layout)
-        return Totals(floats, ints, weight, list(server.included), clipped), params.describe()
+        totals = Totals(floats, ints, weight, list(server.included), clipped, noised=noise is not None)
+        return totals, params.describe()

@@ -49,6 +49,7 @@ import functools
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,8 @@ from securefl.he import (
     check_ints,
     check_signed,
     digest,
+    read_result,
+    result_message,
     with_digest,
 )
 from securefl.mpc.prg import Expander, stream_key
@@ -342,8 +345,10 @@ class KeyHolder:
             w.u8(b)
         return self._signer.sign(w.u8(scale_bits).blob(self._public).finish())
 
-    def decrypt(self, payload: bytes, params: Params, session: bytes, round_: int = 0) -> bytes:
-        """Decrypt the server's aggregate; reply with the signed, range-checked, rounded ring vector."""
+    def decrypt(self, payload: bytes, params: Params, session: bytes, round_: int = 0,
+                noise: Callable | None = None) -> bytes:
+        """Decrypt the server's aggregate; reply with the signed, range-checked, rounded ring vector
+        (plus central DP noise on the float sums when `noise` is given)."""
         what = "keyholder: CKKS aggregate"
         r = wire.Reader(check_digest(payload, what), KIND_AGGREGATE, session, round_, what=what)
         if r.sender != SERVER_ID:
@@ -355,8 +360,7 @@ class KeyHolder:
             raise ProtocolError(f"{what}: a sum of {count} clients is not possible in this round")
         values = self._io.decrypt(self._decryptor, read_ciphertexts(r, self._io, params, what), params)
         ring = release(values[: params.length], params, count, session, what)
-        msg = wire.Writer(KIND_RESULT, session, round_, KEYHOLDER_ID).u32(count).array(ring).finish()
-        return self._signer.sign(msg)
+        return result_message(KIND_RESULT, self._signer, ring, count, noise, session, round_)
 
 
 def release(values: np.ndarray, params: Params, count: int, session: bytes, who: str) -> np.ndarray:
@@ -486,14 +490,9 @@ class Server:
 
     def finish(self, payload: bytes) -> np.ndarray:
         """The key holder's signed reply: the aggregate as the codec's ring vector."""
-        what = "server: CKKS result"
-        r = wire.Reader(check_signed(payload, self._verify_key, what), KIND_RESULT, self._session, self._round,
-                        what=what)
-        if r.sender != KEYHOLDER_ID or r.u32() != len(self.included):
-            raise ProtocolError(f"{what}: not the key holder's reply for {len(self.included)} clients")
-        vec = r.array(self._params.fixed.dtype, self._params.length)
-        r.end()
-        return vec
+        p = self._params
+        return read_result(payload, KIND_RESULT, self._verify_key, len(self.included), p.fixed, p.length,
+                           self._session, self._round, "server: CKKS result")
 
 
 class CKKS(HEAggregator):

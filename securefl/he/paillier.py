@@ -24,7 +24,7 @@ Keys: 2048-bit modulus by default (about 112-bit security per NIST SP 800-57), 3
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,8 @@ from securefl.he import (
     check_digest,
     check_signed,
     digest,
+    read_result,
+    result_message,
     with_digest,
 )
 from securefl.simulation import Simulation
@@ -179,8 +181,10 @@ class KeyHolder:
         w = wire.Writer(KIND_KEY, session, round_, KEYHOLDER_ID).u32(self.key_bits).raw(self._raw)
         return self._signer.sign(w.finish())
 
-    def decrypt(self, payload: bytes, packing: Packing, session: bytes, round_: int = 0) -> bytes:
-        """Decrypt the server's packed aggregate; reply with the signed packed plaintexts."""
+    def decrypt(self, payload: bytes, packing: Packing, session: bytes, round_: int = 0,
+                noise: Callable | None = None) -> bytes:
+        """Decrypt the server's packed aggregate, unpack it and remove the offsets; reply with the signed ring
+        vector (plus central DP noise on the float sums when `noise` is given)."""
         what = "keyholder: Paillier aggregate"
         r = wire.Reader(check_digest(payload, what), KIND_AGGREGATE, session, round_, what=what)
         if r.sender != SERVER_ID or r.raw(FINGERPRINT_BYTES) != self._fingerprint:
@@ -193,8 +197,12 @@ class KeyHolder:
         plains = [self._private.raw_decrypt(c) for c in cts]
         if any(p >> packing.packed_bits for p in plains):
             raise ProtocolError(f"{what}: decrypts beyond the packed slots (not a sum of valid uploads)")
-        w = wire.Writer(KIND_RESULT, session, round_, KEYHOLDER_ID).u32(count).u32(rows)
-        return self._signer.sign(w.raw(to_bytes(plains, packing.plain_bytes)).finish())
+        slots = packing.unpack(plains)
+        if slots.max() > count * 2 * packing.offset:
+            raise ProtocolError(f"{what}: slot sums out of range for {count} clients")
+        sums = slots.astype(np.int64) - count * packing.offset
+        ring = sums.astype(packing.fixed.signed).view(packing.fixed.dtype)
+        return result_message(KIND_RESULT, self._signer, ring, count, noise, session, round_)
 
 
 class Client:
@@ -291,21 +299,10 @@ class Server:
         return with_digest(w.raw(to_bytes([a.ciphertext(be_secure=False) for a in self._acc], p.cipher_bytes)).finish())
 
     def finish(self, payload: bytes) -> np.ndarray:
-        """Unpack the key holder's signed packed sum and remove the offsets: the codec's ring vector."""
-        what, p = "server: Paillier result", self._packing
-        r = wire.Reader(check_signed(payload, self._verify_key, what), KIND_RESULT, self._session, self._round,
-                        what=what)
-        count = len(self.included)
-        if r.sender != KEYHOLDER_ID or r.u32() != count or r.u32() != p.plaintexts:
-            raise ProtocolError(f"{what}: not the key holder's reply for {count} clients")
-        raw = r.raw(p.plaintexts * p.plain_bytes)
-        r.end()
-        slots = p.unpack([int.from_bytes(raw[j * p.plain_bytes : (j + 1) * p.plain_bytes], "big")
-                          for j in range(p.plaintexts)])
-        if slots.max() > count * 2 * p.offset:
-            raise ProtocolError(f"{what}: slot sums out of range for {count} clients")
-        sums = slots.astype(np.int64) - count * p.offset
-        return sums.astype(p.fixed.signed).view(p.fixed.dtype)
+        """The key holder's signed reply: the aggregate as the codec's ring vector."""
+        p = self._packing
+        return read_result(payload, KIND_RESULT, self._verify_key, len(self.included), p.fixed, p.length,
+                           self._session, self._round, "server: Paillier result")
 
 
 class Paillier(HEAggregator):
