@@ -168,6 +168,14 @@ def _ticks(ax, xs: list[float]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
+def _save(plt, fig, path: Path) -> bool:
+    """Write one figure and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _sweep_plot(plt, cells: list[dict], sweep: str, axis: str, label: str, path: Path) -> bool:
     series = _series(cells, sweep, axis)
     if not series or max(len(v) for v in series.values()) < 2:
@@ -186,10 +194,7 @@ def _sweep_plot(plt, cells: list[dict], sweep: str, axis: str, label: str, path:
         _ticks(ax, xs)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _bytes_plot(plt, cells: list[dict], cfg: dict, path: Path) -> bool:
@@ -206,10 +211,7 @@ def _bytes_plot(plt, cells: list[dict], cfg: dict, path: Path) -> bool:
     ax.set(title=f"bytes per parameter, n={cfg['base_n']}, m={cfg['base_m']}", ylabel="bytes / parameter")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _scaling_plot(plt, cells: list[dict], path: Path) -> bool:
@@ -231,10 +233,7 @@ def _scaling_plot(plt, cells: list[dict], path: Path) -> bool:
         _ticks(ax, sorted({x for pts in series.values() for x, _ in pts}))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plots(results: dict, out: Path) -> list[Path]:
