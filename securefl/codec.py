@@ -296,16 +296,20 @@ class FixedPoint:
             noise = self.dp.client_noise(self.noise_var, nf, rng, client)
             np.add(signed[:nf], noise, out=signed[:nf], casting="unsafe")
         if ni:
-            bad = first_out_of_range(flat.ints, self.int_bound)
-            if bad >= 0:
-                spec = layout.int_spec_at(bad)
-                raise InputError(
-                    f"client {client}: integer tensor {spec.name!r} holds {flat.ints[bad]}, beyond "
-                    f"int_bound={self.int_bound}; raise int_bound"
-                )
+            self.check_ints(flat, layout, client)
             signed[nf : nf + ni] = flat.ints
         encode_fixed(np.array([weight]), u[nf:], 1.0, self.scale, signed[nf + ni :])
         return out, int(clipped)
+
+    def check_ints(self, flat: Flat, layout: Layout, client: int) -> None:
+        """InputError naming the tensor when an integer value exceeds int_bound (never clipped or wrapped)."""
+        bad = first_out_of_range(flat.ints, self.int_bound) if flat.ints.size else -1
+        if bad >= 0:
+            spec = layout.int_spec_at(bad)
+            raise InputError(
+                f"client {client}: integer tensor {spec.name!r} holds {flat.ints[bad]}, beyond "
+                f"int_bound={self.int_bound}; raise int_bound"
+            )
 
     def decode(self, ring_sum: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, float]:
         """Ring sum -> (sum of weighted floats, exact int sum, sum of normalised weights)."""

@@ -31,10 +31,6 @@ class Report:
         """Seconds summed over all parties of one kind and all phases."""
         return sum(v for name, v in self.party_seconds.items() if name.split("/")[0] == kind)
 
-    def max_party_seconds(self, kind: str) -> float:
-        """Seconds of the slowest single party of one kind."""
-        return max((v for n, v in self.party_seconds.items() if n.split("/")[0] == kind), default=0.0)
-
     def mean_bytes_sent(self, kind: str) -> float:
         """Mean bytes sent per party of one kind (over the parties that sent anything)."""
         vals = [v for n, v in self.bytes_sent.items() if n.split("/")[0] == kind]

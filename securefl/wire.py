@@ -153,9 +153,3 @@ class Reader:
         if self._pos != len(self._buf):
             raise ProtocolError(f"{self.what}: {len(self._buf) - self._pos} trailing bytes")
 
-
-def peek_sender(data: bytes) -> int:
-    """The sender id in a message header (not yet validated)."""
-    if len(data) < HEADER_SIZE:
-        raise ProtocolError("truncated header")
-    return _HEADER.unpack_from(data, 0)[5]

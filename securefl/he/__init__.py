@@ -40,8 +40,8 @@ import numpy as np
 
 from securefl import wire
 from securefl.aggregator import Aggregator, Batch, Totals
-from securefl.codec import FixedPoint, Flat, Layout
-from securefl.errors import DropoutError, InputError, ProtocolError
+from securefl.codec import FixedPoint
+from securefl.errors import DropoutError, ProtocolError
 from securefl.mpc.crypto import SIGNATURE_BYTES, ed25519_keypair, verify
 from securefl.simulation import Simulation
 
@@ -118,18 +118,6 @@ def read_result(payload: bytes, kind: int, verify_key: bytes, count: int, fixed:
     vec = r.array(fixed.dtype, length)
     r.end()
     return vec
-
-
-def check_ints(flat: Flat, fixed: FixedPoint, layout: Layout, client: int) -> None:
-    """InputError naming the tensor when an integer value exceeds int_bound."""
-    if flat.ints.size:
-        bad = np.flatnonzero(np.abs(flat.ints) > fixed.int_bound)
-        if bad.size:
-            spec = layout.int_spec_at(int(bad[0]))
-            raise InputError(
-                f"client {client}: integer tensor {spec.name!r} holds {flat.ints[bad[0]]}, beyond "
-                f"int_bound={fixed.int_bound}; raise int_bound"
-            )
 
 
 class RoundParams(Protocol):

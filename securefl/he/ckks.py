@@ -67,7 +67,6 @@ from securefl.he import (
     HEAggregator,
     Signer,
     check_digest,
-    check_ints,
     check_signed,
     digest,
     read_result,
@@ -405,7 +404,7 @@ class Client:
     ):
         if not 0.0 <= weight <= 1.0:
             raise InputError(f"client {index}: normalised weight {weight} outside [0, 1]")
-        check_ints(flat, params.fixed, layout, index)
+        params.fixed.check_ints(flat, layout, index)
         self.index, self.name = index, f"client/{index}"
         self._flat, self._weight, self._params = flat, weight, params
         self._verify_key, self._session, self._round = verify_key, session, round_
