@@ -98,6 +98,7 @@ class Aggregator(ABC):
     threat_model: ClassVar[str]  # one line: who could learn an individual update
     output_party: ClassVar[str] = "server"  # the party that decodes the sum (adds central DP noise)
     central_noise_in_ring: ClassVar[bool] = False  # True: the scheme's decryptor adds central noise to ring words
+    distributed_dp: ClassVar[bool] = True  # False: clients do not encode through FixedPoint.encode (no ring noise)
     simulation_class: ClassVar[type[Simulation]] = Simulation  # the audit swaps in a recording one
 
     def __init__(
@@ -116,6 +117,9 @@ class Aggregator(ABC):
         self.weight_bound = weight_bound
         self.seed = seed
         self.dp = dp
+        if dp is not None and dp.kind == "distributed" and not self.distributed_dp:
+            raise ConfigError(f"{self.scheme}: its clients add no distributed noise (they do not encode through "
+                              "FixedPoint.encode); use dp.GaussianMechanism with it")
         FixedPoint.choose(1, clip=clip, frac_bits=frac_bits, int_bound=int_bound)  # validate early
 
     def min_survivors(self, n_clients: int) -> int:
@@ -161,7 +165,7 @@ class Aggregator(ABC):
         if totals.weight <= 0:
             raise DropoutError(f"{self.scheme}: the included clients' weights sum to 0; no mean exists")
         k = len(totals.included)
-        epsilon, dp_params = self._apply_dp(batch, sim, totals, params) if self.dp is not None else (None, {})
+        epsilon, dp_params = self._apply_dp(batch, sim, totals) if self.dp is not None else (None, {})
         mean_ints = (2 * totals.ints + k) // (2 * k)  # exact round-half-up of sum / k
         layout = batch.layout
         mean = layout.unflatten(totals.floats / totals.weight, mean_ints)
@@ -176,7 +180,7 @@ class Aggregator(ABC):
         )
         return Result(mean=mean, sum=total, report=report)
 
-    def _apply_dp(self, batch: Batch, sim: Simulation, totals: Totals, params: dict) -> tuple[float, dict]:
+    def _apply_dp(self, batch: Batch, sim: Simulation, totals: Totals) -> tuple[float, dict]:
         """Central noise (if the scheme has not added it), then one round of accounting at the noise present."""
         dp = self.dp
         info = dp.describe()
@@ -189,9 +193,6 @@ class Aggregator(ABC):
             m = self.min_survivors(batch.n)
             noise_var = dp.local_variance(self.frac_bits, m)
             noisy = dp.noised_clients(totals.included)
-            if not noisy:
-                raise ConfigError(f"{self.scheme}: no client added distributed noise (the scheme does not encode "
-                                  "through FixedPoint.encode); use dp.GaussianMechanism with it")
             z_eff = dp.effective_noise_multiplier(noise_var, noisy, self.frac_bits, batch.layout.float_size)
             info |= {"min_survivors": m, "local_variance": noise_var, "noisy_survivors": noisy}
         info["effective_noise_multiplier"] = z_eff

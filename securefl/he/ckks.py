@@ -502,6 +502,7 @@ class CKKS(HEAggregator):
     """
 
     scheme = "ckks"
+    distributed_dp = False  # clients encrypt reals, not ring words: only the central mechanism applies
 
     def __init__(self, *, poly_modulus_degree: int | None = None, **kwargs):
         if poly_modulus_degree is not None and poly_modulus_degree not in DEGREES:
