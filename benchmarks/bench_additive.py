@@ -17,8 +17,8 @@ import time
 import torch
 
 from securefl.aggregator import Aggregator
+from securefl.bench.floors import aes_ctr_throughput
 from securefl.mpc.additive import AdditiveSharing
-from securefl.mpc.prg import aes_ctr_throughput
 from securefl.plaintext import Plaintext
 from securefl.report import Report
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from securefl.mpc import crypto
-from securefl.mpc.prg import aes_ctr_throughput
+from securefl import crypto
+from securefl.bench.floors import aes_ctr_throughput
 from securefl.mpc.secagg import SecAgg
 
 

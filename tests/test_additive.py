@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import securefl
-from securefl import wire
+from securefl import crypto, wire
 from securefl.codec import FixedPoint, flatten_all
+from securefl.crypto.prg import Expander, stream_key
 from securefl.errors import AggregatorError, ConfigError, DropoutError, ProtocolError
-from securefl.mpc import additive, crypto
+from securefl.mpc import additive
 from securefl.mpc.additive import (
     ENVELOPE_BYTES,
     KIND_ACCEPTED,
@@ -33,7 +34,6 @@ from securefl.mpc.additive import (
     Helper,
     Leader,
 )
-from securefl.mpc.prg import Expander, stream_key
 from securefl.simulation import Simulation
 from tests.conftest import STRUCTURES, state_updates
 from tests.reference import assert_close

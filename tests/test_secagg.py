@@ -11,10 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from securefl import wire
+from securefl import crypto, wire
 from securefl.codec import FixedPoint, flatten_all
 from securefl.errors import ConfigError, DropoutError, ProtocolError
-from securefl.mpc import crypto
 from securefl.mpc.secagg import STAGES, Client, SecAgg, Server, resolve_parameters
 from tests.conftest import state_updates
 from tests.reference import assert_close

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from securefl.crypto import _kernels, shamir
 from securefl.errors import ProtocolError
-from securefl.mpc import _kernels, shamir
 
 P = shamir.P
 elements = st.integers(min_value=0, max_value=P - 1)

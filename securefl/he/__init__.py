@@ -41,8 +41,8 @@ import numpy as np
 from securefl import wire
 from securefl.aggregator import Aggregator, Batch, Totals
 from securefl.codec import FixedPoint
+from securefl.crypto import SIGNATURE_BYTES, ed25519_keypair, verify
 from securefl.errors import DropoutError, ProtocolError
-from securefl.mpc.crypto import SIGNATURE_BYTES, ed25519_keypair, verify
 from securefl.simulation import Simulation
 
 SERVER_ID = 0xFFFFFFFF

@@ -60,6 +60,7 @@ from securefl import wire
 from securefl._kernels import encode_fixed
 from securefl.aggregator import Batch
 from securefl.codec import FixedPoint, Flat, Layout
+from securefl.crypto.prg import Expander, stream_key
 from securefl.errors import ConfigError, InputError, ProtocolError
 from securefl.he import (
     KEYHOLDER_ID,
@@ -73,7 +74,6 @@ from securefl.he import (
     result_message,
     with_digest,
 )
-from securefl.mpc.prg import Expander, stream_key
 from securefl.simulation import Simulation
 
 KIND_CONTEXT, KIND_UPLOAD, KIND_AGGREGATE, KIND_RESULT = 40, 41, 42, 43

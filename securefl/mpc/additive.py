@@ -25,12 +25,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from securefl import wire
+from securefl import crypto, wire
 from securefl.aggregator import Aggregator, Batch, Totals
 from securefl.codec import FixedPoint, Flat, Layout
+from securefl.crypto.prg import SEED_BYTES, Expander, stream_key
 from securefl.errors import AggregatorError, ConfigError, ProtocolError
-from securefl.mpc import crypto
-from securefl.mpc.prg import SEED_BYTES, Expander, stream_key
 from securefl.simulation import Simulation
 
 KIND_KEY = 10

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from securefl.crypto.prg import Expander, stream_key
 from securefl.errors import ConfigError
-from securefl.mpc.prg import Expander, stream_key
 
 _LABEL = b"securefl/secagg/graph"
 

@@ -34,13 +34,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from securefl import wire
+from securefl import crypto, wire
 from securefl.aggregator import Aggregator, Batch, Totals
 from securefl.codec import FixedPoint, Flat, Layout
+from securefl.crypto import shamir
+from securefl.crypto.prg import Expander, stream_key
 from securefl.errors import ConfigError, DropoutError, ProtocolError
-from securefl.mpc import crypto, shamir
 from securefl.mpc.graph import Graph, choose_parameters
-from securefl.mpc.prg import Expander, stream_key
 from securefl.simulation import Simulation
 
 KIND_SETUP, KIND_ADVERTISE, KIND_KEYS, KIND_SHARES, KIND_BUNDLE = 20, 21, 22, 23, 24

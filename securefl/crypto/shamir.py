@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
+from securefl.crypto import _kernels
 from securefl.errors import ProtocolError
-from securefl.mpc import _kernels
 
 P = (1 << 61) - 1
 SECRET_BYTES = 32

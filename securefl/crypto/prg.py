@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from securefl.mpc.crypto import hkdf
+from securefl.crypto.primitives import hkdf
 
 SEED_BYTES = 32
 CHUNK_WORDS = 1 << 16  # add/sub work in pieces that stay in the L2 cache
@@ -85,17 +85,3 @@ class Expander:
         """acc -= PRG(key) mod 2^b, in place."""
         self.apply(acc, sub=(key,))
 
-
-def aes_ctr_throughput(nbytes: int = 64 << 20, repeats: int = 3) -> float:
-    """Measured AES-128-CTR keystream bytes per second on this machine (best of `repeats`)."""
-    import os
-    import time
-
-    exp = Expander(nbytes // 4, np.uint32)
-    best = float("inf")
-    for _ in range(repeats):
-        key = os.urandom(32)
-        t0 = time.perf_counter()
-        exp.expand(key)
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best
