@@ -1,23 +1,29 @@
-"""Message encoding: versioned, length-checked, no pickle.
+"""Message encoding: versioned, length-checked, typed, no pickle.
 
-Every message starts with a fixed header: magic, version, message kind, session id, round and
-sender id. Readers check all of them against what the receiving party expects, so a message
-from another session, round or kind is refused before any field is parsed.
+Every message starts with a fixed header: magic, version, message kind, session id, round, and
+the sender and receiver (role and index). A party reads messages through its `Channel` (bound to
+its own identity, the session and the round), which refuses a message of another kind, session,
+round, sender or receiver before any field is parsed; every later read is bounds-checked.
+Message kinds live in one registry, `Kind`.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
-from securefl.errors import ProtocolError
+from securefl.errors import InputError, ProtocolError
 
 MAGIC = b"SF"
 VERSION = 1
+VERSION_PARTIES = 2  # header with sender and receiver party ids (Channel)
 SESSION_BYTES = 16
 _HEADER = struct.Struct("<2sBB16sII")
 HEADER_SIZE = _HEADER.size
+_HEADER2 = struct.Struct("<2sBB16sIBIBI")
 
 _DTYPE_CODES = {
     np.dtype("<u1"): 1,
@@ -28,6 +34,69 @@ _DTYPE_CODES = {
     np.dtype("<f8"): 6,
 }
 _CODE_DTYPES = {code: dt for dt, code in _DTYPE_CODES.items()}
+
+
+class Role(IntEnum):
+    """What kind of party a message comes from or goes to."""
+
+    CLIENT = 1
+    SERVER = 2
+    LEADER = 3
+    HELPER = 4
+    KEYHOLDER = 5
+
+
+_INDEXED = (Role.CLIENT, Role.HELPER)  # roles with many parties, told apart by an index
+
+
+@dataclass(frozen=True, order=True)
+class PartyId:
+    """One party of a federation: its role and, for clients and helpers, its index ("client/3", "helper/1")."""
+
+    role: Role
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, Role):
+            object.__setattr__(self, "role", Role(self.role))
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < 2**32:
+            raise InputError(f"party index must be an integer in [0, 2^32), got {self.index!r}")
+        if self.role not in _INDEXED and self.index:
+            raise InputError(f"the {self.role.name.lower()} has no index, got {self.index}")
+
+    @classmethod
+    def client(cls, index: int) -> PartyId:
+        return cls(Role.CLIENT, int(index))
+
+    @classmethod
+    def helper(cls, index: int) -> PartyId:
+        return cls(Role.HELPER, int(index))
+
+    @classmethod
+    def parse(cls, text: str) -> PartyId:
+        """The inverse of str(): "client/3", "helper/1", "server", "leader", "keyholder"."""
+        name, _, index = str(text).partition("/")
+        try:
+            role = Role[name.upper()]
+            if (role in _INDEXED) != bool(index):
+                raise ValueError
+            return cls(role, int(index) if index else 0)
+        except (KeyError, ValueError):
+            raise InputError(f"not a party name: {text!r} (expected client/<i>, helper/<j>, server, leader or "
+                             "keyholder)") from None
+
+    @property
+    def kind(self) -> str:
+        """The role's name: the key reports group parties by ("client", "server", "helper", ...)."""
+        return self.role.name.lower()
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.index}" if self.role in _INDEXED else self.kind
+
+
+SERVER = PartyId(Role.SERVER)
+LEADER = PartyId(Role.LEADER)
+KEYHOLDER = PartyId(Role.KEYHOLDER)
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -37,10 +106,12 @@ _ARRAY_HEAD = struct.Struct("<BQ")
 class Writer:
     """Builds one message; parts are joined once in finish() (a single copy of big arrays)."""
 
-    def __init__(self, kind: int, session: bytes, round_: int, sender: int):
-        if len(session) != SESSION_BYTES:
-            raise ValueError("session id must be 16 bytes")
-        self._parts: list[bytes | memoryview] = [_HEADER.pack(MAGIC, VERSION, kind, session, round_, sender)]
+    def __init__(self, kind: int, session: bytes, round_: int, sender: int, *, _header: bytes | None = None):
+        if _header is None:
+            if len(session) != SESSION_BYTES:
+                raise ValueError("session id must be 16 bytes")
+            _header = _HEADER.pack(MAGIC, VERSION, kind, session, round_, sender)
+        self._parts: list[bytes | memoryview] = [_header]
 
     def u8(self, v: int) -> Writer:
         self._parts.append(_U8.pack(v))
@@ -95,21 +166,16 @@ class Reader:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ProtocolError(f"{what}: expected bytes, got {type(data).__name__}")
         self._buf = memoryview(data).cast("B")
-        if len(self._buf) < HEADER_SIZE:
-            raise ProtocolError(f"{what}: truncated header ({len(self._buf)} bytes)")
-        magic, version, got_kind, got_session, got_round, sender = _HEADER.unpack_from(self._buf, 0)
-        if magic != MAGIC:
-            raise ProtocolError(f"{what}: bad magic {magic!r}")
-        if version != VERSION:
-            raise ProtocolError(f"{what}: unsupported version {version} (expected {VERSION})")
-        if got_kind != kind:
-            raise ProtocolError(f"{what}: message kind {got_kind}, expected {kind}")
-        if got_session != session:
+        header = peek(self._buf, what)
+        if header.kind != kind:
+            raise ProtocolError(f"{what}: message kind {_kind_name(header.kind)}, expected {_kind_name(kind)}")
+        if header.session != session:
             raise ProtocolError(f"{what}: message from another session")
-        if got_round != round_:
-            raise ProtocolError(f"{what}: message from round {got_round}, expected round {round_}")
-        self.sender = sender
-        self._pos = HEADER_SIZE
+        if header.round != round_:
+            raise ProtocolError(f"{what}: message from round {header.round}, expected round {round_}")
+        self.header = header
+        self.sender = header.sender_id if header.version == VERSION else header.sender
+        self._pos = header.size
 
     def _take(self, n: int) -> memoryview:
         if n < 0 or self._pos + n > len(self._buf):
@@ -153,3 +219,89 @@ class Reader:
         if self._pos != len(self._buf):
             raise ProtocolError(f"{self.what}: {len(self._buf) - self._pos} trailing bytes")
 
+
+
+class Kind(IntEnum):
+    """Every message kind of every scheme, in one registry (the header's kind byte)."""
+
+    PLAIN_REQUEST = 1
+    PLAIN_UPLOAD = 2
+
+
+def _kind_name(code: int) -> str:
+    try:
+        return Kind(code).name
+    except ValueError:
+        return str(code)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A message's header, read before anything else (see peek)."""
+
+    version: int
+    kind: int
+    session: bytes
+    round: int
+    sender_id: int  # version 1: the sender's number
+    sender: PartyId | None  # version 2: sender and receiver party ids
+    receiver: PartyId | None
+    size: int
+
+
+def peek(data: bytes | memoryview, what: str = "message") -> Header:
+    """The header of a message (magic and version checked), without parsing its body."""
+    buf = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+    if len(buf) < HEADER_SIZE:
+        raise ProtocolError(f"{what}: truncated header ({len(buf)} bytes)")
+    magic, version, kind = bytes(buf[:2]), buf[2], buf[3]
+    if magic != MAGIC:
+        raise ProtocolError(f"{what}: bad magic {magic!r}")
+    if version == VERSION:
+        _, _, _, session, round_, sender = _HEADER.unpack_from(buf, 0)
+        return Header(version, kind, session, round_, sender, None, None, HEADER_SIZE)
+    if version != VERSION_PARTIES:
+        raise ProtocolError(f"{what}: unsupported version {version} (expected {VERSION_PARTIES})")
+    if len(buf) < _HEADER2.size:
+        raise ProtocolError(f"{what}: truncated header ({len(buf)} bytes)")
+    _, _, _, session, round_, s_role, s_index, r_role, r_index = _HEADER2.unpack_from(buf, 0)
+    try:
+        sender, receiver = PartyId(Role(s_role), s_index), PartyId(Role(r_role), r_index)
+    except (ValueError, InputError):
+        raise ProtocolError(f"{what}: header names no valid sender or receiver") from None
+    return Header(version, kind, session, round_, 0, sender, receiver, _HEADER2.size)
+
+
+class Channel:
+    """One party's view of one round: writes its messages and reads those addressed to it.
+
+    Bound to the party's own id, the session and the round: `read` refuses a message of another
+    kind, session, round or receiver, or from an unexpected sender, before parsing its body.
+    """
+
+    def __init__(self, me: PartyId, session: bytes, round_: int):
+        if len(session) != SESSION_BYTES:
+            raise ProtocolError(f"{me}: a session id is {SESSION_BYTES} bytes, got {len(session)}")
+        self.me, self.session, self.round = me, bytes(session), int(round_)
+
+    def write(self, kind: Kind, to: PartyId) -> Writer:
+        """A message of `kind` from this party to `to`."""
+        header = _HEADER2.pack(MAGIC, VERSION_PARTIES, kind, self.session, self.round, self.me.role, self.me.index,
+                               to.role, to.index)
+        return Writer(kind, self.session, self.round, 0, _header=header)
+
+    def read(self, data: bytes, kind: Kind, sender: PartyId | Role | None = None, what: str | None = None) -> Reader:
+        """A reader of a message of `kind` addressed to this party (from `sender`: a party, any party of a
+        role, or anyone); Reader.sender is the sender's PartyId."""
+        what = what or f"{self.me}: {kind.name.lower().replace('_', ' ')}"
+        r = Reader(data, kind, self.session, self.round, what=what)
+        h = r.header
+        if h.version != VERSION_PARTIES:
+            raise ProtocolError(f"{what}: header without party ids (version {h.version})")
+        if h.receiver != self.me:
+            raise ProtocolError(f"{what}: addressed to {h.receiver}, not {self.me}")
+        if isinstance(sender, PartyId) and h.sender != sender:
+            raise ProtocolError(f"{what}: sent by {h.sender}, expected {sender}")
+        if isinstance(sender, Role) and h.sender.role != sender:
+            raise ProtocolError(f"{what}: sent by {h.sender}, expected a {sender.name.lower()}")
+        return r
