@@ -10,6 +10,7 @@ wall time on a shared machine.
 Paillier: securefl.Paillier against one phe encryption per value with a key of the same size. The
 per-value baseline is timed on --subset values (encrypt, add, decrypt) and extrapolated linearly to
 m values and n clients; its bytes count only the 2 * key_bits / 8-byte ciphertext integers.
+Both baselines live in securefl.bench.peers.he (shipped with the package; `securefl bench` uses them too).
 Usage: python benchmarks/bench_he.py [--ckks-params 1000000] [--ckks-clients 10] [--paillier-params 10000]
 [--paillier-clients 10] [--key-bits 2048] [--subset 200] [--repeats 1] [--quick] [--json PATH]
 """
@@ -17,23 +18,23 @@ Usage: python benchmarks/bench_he.py [--ckks-params 1000000] [--ckks-clients 10]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import numpy as np
-import tenseal as ts
 import torch
-from phe import paillier
 
-from securefl.codec import flatten_all
-from securefl.he.ckks import CKKS, Params
-from securefl.he.paillier import Packing, Paillier
+from securefl import keys
+from securefl.aggregator import Aggregator
+from securefl.bench.peers.he import flare_baseline, max_error, per_value_paillier, reference_mean
+from securefl.he.base import Policy
+from securefl.he.ckks import CKKS
+from securefl.he.paillier import Paillier
 from securefl.plaintext import Plaintext
 from securefl.report import Report
+from securefl.wire import KEYHOLDER
 
 LAYER_SHARES = (0.55, 0.3, 0.1, 0.049, 0.001)  # a few layers, as a model's state_dict has
 TARGETS = {"ckks_bytes_per_param": 32.0, "ckks_speedup": 1.5, "paillier_speedup": 50.0, "paillier_byte_ratio": 50.0}
@@ -45,27 +46,6 @@ def make_updates(n: int, m: int, seed: int = 0) -> list[dict[str, torch.Tensor]]
     sizes.append(m - sum(sizes))
     g = torch.Generator().manual_seed(seed)
     return [{f"layer{j}": torch.randn(s, generator=g) * 0.05 for j, s in enumerate(sizes)} for _ in range(n)]
-
-
-def reference_mean(updates: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    return {k: sum(u[k].double() for u in updates).numpy() / len(updates) for k in updates[0]}
-
-
-def max_error(mean: dict, ref: dict) -> float:
-    return max(float(np.abs(np.asarray(mean[k], dtype=np.float64) - ref[k]).max()) for k in ref)
-
-
-@contextlib.contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Silence C++ writes to stdout (TenSEAL warns on every CKKSVector longer than one ciphertext)."""
-    saved = os.dup(1)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 def party_figures(report: Report, m: int) -> dict[str, float]:
@@ -87,86 +67,9 @@ def party_figures(report: Report, m: int) -> dict[str, float]:
     }
 
 
-def flare_baseline(updates: list[dict[str, torch.Tensor]], m: int) -> dict[str, float]:
-    """TenSEAL at NVIDIA FLARE's defaults: encrypt each layer as one CKKSVector, add, decrypt."""
-    cpu = time.process_time()
-    t0 = time.perf_counter()
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40])
-    ctx.global_scale = 2.0**40
-    public_ctx = ctx.copy()
-    public_ctx.make_context_public()
-    public = public_ctx.serialize()
-    server_ctx = ts.context_from(public)
-    setup = time.perf_counter() - t0
-    client_s = server_s = 0.0
-    upload_bytes = []
-    acc: dict[str, ts.CKKSVector] = {}
-    for u in updates:
-        t0 = time.perf_counter()
-        cctx = ts.context_from(public)
-        with quiet_stdout():
-            blobs = {k: ts.ckks_vector(cctx, v.numpy()).serialize() for k, v in u.items()}
-        client_s += time.perf_counter() - t0
-        upload_bytes.append(len(public) + sum(len(b) for b in blobs.values()))
-        t0 = time.perf_counter()
-        for k, b in blobs.items():
-            vec = ts.ckks_vector_from(server_ctx, b)
-            if k in acc:
-                acc[k] += vec
-            else:
-                acc[k] = vec
-        server_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sums = {k: v.serialize() for k, v in acc.items()}
-    server_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mean = {k: np.asarray(ts.ckks_vector_from(ctx, b).decrypt()) / len(updates) for k, b in sums.items()}
-    keyholder_s = time.perf_counter() - t0
-    per_client = float(np.mean(upload_bytes))
-    return {
-        "cpu_s": time.process_time() - cpu,
-        "client_upload_s": client_s / len(updates),
-        "server_s": server_s,
-        "keyholder_s": keyholder_s,
-        "setup_s": setup,
-        "work_s": client_s + server_s + keyholder_s,
-        "upload_bytes": per_client,
-        "context_bytes": len(public),
-        "bytes_per_param": per_client / m,
-        "max_error": max_error(mean, reference_mean(updates)),
-    }
-
-
-def per_value_paillier(key_bits: int, n: int, m: int, subset: int) -> dict[str, float]:
-    """One phe encryption per value, timed on `subset` values and extrapolated to m values, n clients."""
-    t0 = time.perf_counter()
-    pk, sk = paillier.generate_paillier_keypair(n_length=key_bits)
-    keygen = time.perf_counter() - t0
-    values = np.random.default_rng(0).normal(0, 0.05, subset)
-    t0 = time.perf_counter()
-    enc = [pk.encrypt(float(v)) for v in values]
-    t_enc = (time.perf_counter() - t0) / subset
-    other = [pk.encrypt(float(v)) for v in values]
-    t0 = time.perf_counter()
-    total = [a + b for a, b in zip(enc, other, strict=True)]
-    t_add = (time.perf_counter() - t0) / subset
-    t0 = time.perf_counter()
-    out = [sk.decrypt(c) for c in total]
-    t_dec = (time.perf_counter() - t0) / subset
-    assert np.allclose(out, 2 * values)
-    client = m * t_enc
-    server = (n - 1) * m * t_add
-    keyholder = m * t_dec
-    return {
-        "client_upload_s": client,
-        "server_s": server,
-        "keyholder_s": keyholder,
-        "setup_s": keygen,
-        "work_s": n * client + server + keyholder,
-        "upload_bytes": m * 2 * key_bits / 8,
-        "bytes_per_param": 2 * key_bits / 8,
-        "per_value_encrypt_s": t_enc,
-    }
+def policy_of(agg: Aggregator, template: object, n: int) -> Policy:
+    """The public HE parameters every party of a deployment of `agg` with n clients derives from its configuration."""
+    return agg.client_class.policy_of(agg.config(template, n))
 
 
 def plaintext_figures(updates: list, m: int) -> dict[str, float]:
@@ -221,7 +124,7 @@ def bench_ckks(n: int, m: int, repeats: int) -> dict:
     ours, base = runs["ours"], runs["base"]
     base["bytes_per_param_with_context"] = base["bytes_per_param"]
     plain = plaintext_figures(updates, m)
-    p = Params.choose(n, flatten_all(updates[:1])[0], CKKS().fixed_point(n)).describe()
+    p = policy_of(CKKS(), updates[0], n).params.describe()
     print(f"\nCKKS: n={n} clients, m={m:,} float32 parameters in {len(updates[0])} layers, "
           f"{os.cpu_count()} cores, median of {repeats} alternating runs")
     print(f"  securefl: N={p['poly_modulus_degree']}, primes {p['coeff_mod_bit_sizes']} bits "
@@ -265,14 +168,17 @@ def paillier_run(agg: Paillier, updates: list, m: int) -> dict[str, float]:
 def bench_paillier(n: int, m: int, key_bits: int, subset: int, repeats: int) -> dict:
     updates = make_updates(n, m)
     agg = Paillier(key_bits=key_bits, seed=1)
-    warm = agg.aggregate(make_updates(2, 50, seed=9))  # warm-up; generates the key, reused by the timed rounds
-    keygen = warm.report.seconds["setup"]["keyholder"]
+    agg.aggregate(make_updates(2, 50, seed=9))  # warm-up; generates the key, reused by the timed rounds
+    ids = keys.create_identities(n, keyholder=True)
+    config = agg.config(updates[0], n, directory=keys.Directory.of(ids.values()))
+    keygen = time.perf_counter()
+    Paillier.party(config, ids[KEYHOLDER])  # what the deployment's key holder does once
+    keygen = time.perf_counter() - keygen
     runs = alternate({"ours": lambda: paillier_run(agg, updates, m),
                       "base": lambda: per_value_paillier(key_bits, n, m, min(subset, m))}, repeats)
     ours, base = runs["ours"], runs["base"]
     plain = plaintext_figures(updates, m)
-    fixed = agg.fixed_point(n)
-    p = Packing.choose(n, fixed, fixed.length(flatten_all(updates[:1])[0]), key_bits).describe()
+    p = policy_of(agg, updates[0], n).params.describe()
     print(f"\nPaillier: n={n} clients, m={m:,} parameters, {key_bits}-bit key, median of {repeats} alternating runs; "
           f"{p['slots_per_ciphertext']} "
           f"{p['slot_bits']}-bit slots per ciphertext, {p['ciphertexts_per_client']} ciphertexts per client; "

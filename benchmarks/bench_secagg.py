@@ -12,6 +12,10 @@ Run: python benchmarks/bench_secagg.py [--out bench-out/] [--scaling 100,1000,50
 2. SecAgg+ (neighbors="auto": k and t from the parameter finder for 5% dropout and 5% corrupt
    clients), 5% dropped at masked_input, m = 10,000, for each n: median client and server
    seconds and bytes; a log-log plot in --out.
+
+With --baseline DIR (a directory holding another copy of the `securefl` package, e.g. from before a
+refactor), only point 1 runs, in fresh processes alternating between DIR's package and this
+checkout's, and prints per-stage seconds side by side (median over --repeats processes each).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +93,45 @@ def floor_run(n: int, m: int, drop_frac: float, throughput: float, signed: bool,
     }
 
 
+def one_round(n: int, m: int, signed: bool, drop_frac: float = 0.1) -> dict:
+    """Per-stage seconds of one warm round (summed per party kind), the server's and the median finisher's."""
+    dropped = {i: "masked_input" for i in range(0, n, round(1 / drop_frac))}
+    SecAgg(signed_keys=signed, seed=0).aggregate(updates(4, 10), dropped={0: "masked_input"})  # Numba, first calls
+    rep = SecAgg(signed_keys=signed, seed=0).aggregate(updates(n, m), dropped=dropped).report
+    return {"phases": rep.seconds, "server": rep.party_seconds["server"],
+            "client": statistics.median(rep.party_seconds[f"client/{i}"] for i in rep.survivors)}
+
+
+def compare(baseline: Path, n: int, m: int, repeats: int) -> None:
+    """Point 1 in fresh processes, alternating between the package in `baseline` and this checkout's."""
+    here = Path(__file__).resolve().parents[1]
+    runs: dict[tuple[str, bool], list[dict]] = {}
+    for rep in range(repeats):
+        for signed in (True, False):
+            pair = [("before", baseline), ("after", here)]
+            for label, path in pair if rep % 2 == 0 else pair[::-1]:  # neither always runs first
+                env = {**os.environ, "PYTHONPATH": str(path)}
+                out = subprocess.run([sys.executable, __file__, "--worker", f"{n},{m},{int(signed)}"], env=env,
+                                     check=True, capture_output=True, text=True, cwd=path).stdout
+                runs.setdefault((label, signed), []).append(json.loads(out.splitlines()[-1]))
+    def row(label: str, before: list[float], after: list[float]) -> str:
+        (bm, am), (b0, a0) = (statistics.median(x) for x in (before, after)), (min(before), min(after))
+        return f"{label:26s} {bm:9.4f} {am:9.4f} {am / bm:6.2f}   {b0:9.4f} {a0:9.4f} {a0 / b0:6.2f}"
+
+    for signed in (True, False):
+        print(f"\n== {'active' if signed else 'semi-honest'}: n={n}, m={m}, 10% dropped at masked_input; "
+              f"{repeats} processes each, alternating, order swapped every repeat ==")
+        before, after = runs["before", signed], runs["after", signed]
+        print(f"{'stage, kind (s)':26s} {'before':>9s} {'after':>9s} {'ratio':>6s}   {'before':>9s} {'after':>9s} "
+              f"{'ratio':>6s}\n{'':26s} {'(median)':>26s}   {'(min: least disturbed)':>26s}")
+        for phase in after[0]["phases"]:
+            for kind in after[0]["phases"][phase]:
+                print(row(f"{phase} {kind}", [r["phases"].get(phase, {}).get(kind, float("nan")) for r in before],
+                          [r["phases"][phase][kind] for r in after]))
+        for who in ("server", "client"):
+            print(row(f"total {who}", [r[who] for r in before], [r[who] for r in after]))
+
+
 def scaling_run(n: int, m: int) -> dict:
     rng = np.random.default_rng(1)
     dropped = {int(i): "masked_input" for i in rng.choice(n, n // 20, replace=False)}
@@ -138,7 +183,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="rounds per threat model at the floor point (best is kept)")
     ap.add_argument("--scaling", default="100,1000,5000", help="comma-separated n for SecAgg+ scaling ('' to skip)")
     ap.add_argument("--scaling-m", type=int, default=10_000)
+    ap.add_argument("--baseline", type=Path, help="compare point 1, stage by stage, with the securefl package in DIR")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # "n,m,signed": one round, its timings as JSON (--baseline)
     args = ap.parse_args()
+    if args.worker:
+        n, m, signed = (int(x) for x in args.worker.split(","))
+        print(json.dumps(one_round(n, m, bool(signed))))
+        return
+    if args.baseline:
+        compare(args.baseline, args.n, args.m, args.repeats)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

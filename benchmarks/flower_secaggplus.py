@@ -3,8 +3,9 @@
 Run: python benchmarks/flower_secaggplus.py [--m 100000] [--rounds 2]
 
 Each Flower configuration runs in its own process through flwr.simulation.run_simulation (Ray
-backend): 50 clients whose fit() returns a fixed vector of m float32 values (no training);
-seconds per round are taken from the strategy (configure_fit -> aggregate_fit) of the last round.
+backend; the code is securefl.bench.peers.flower, which `securefl bench` uses too): 50 clients
+whose fit() returns a fixed vector of m float32 values (no training); seconds per round are taken
+from the strategy (configure_fit -> aggregate_fit) of the last round.
 Configurations: SecAgg+ with num_shares = 50 (complete graph), SecAgg+ with num_shares = 11 (10
 neighbours and the client itself) with 10% of the clients failing at collect_masked_vectors, and
 plain FedAvg. securefl runs the matching SecAgg(neighbors=None), SecAgg(neighbors=10) with 10%
@@ -19,79 +20,17 @@ target. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
-import sys
 import time
 
+from securefl.bench.peers.flower import round_seconds_in_subprocess
+
 N = 50
-CONFIGS = {
-    "complete": {"num_shares": N, "threshold": 0.6, "drop": 0.0},
-    "sparse": {"num_shares": 11, "threshold": 0.6, "drop": 0.1},
-    "plain": None,
+CONFIGS = {  # name -> (num_shares or None for plain FedAvg, every how many clients one drops; 0: none)
+    "complete": (N, 0),
+    "sparse": (11, 10),
+    "plain": (None, 0),
 }
-
-
-def flower_round_seconds(config: str, m: int, rounds: int) -> float:
-    """Run one Flower simulation in this process; return the seconds of its last round."""
-    import numpy as np
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.client.mod import secaggplus_mod
-    from flwr.common import Context, ndarrays_to_parameters
-    from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
-    from flwr.server.strategy import FedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.simulation import run_simulation
-
-    spec = CONFIGS[config]
-    vector = np.linspace(-1, 1, m, dtype=np.float32)
-    dropped = set(range(0, N, 10)) if spec and spec["drop"] else set()
-
-    class FixedClient(NumPyClient):
-        def fit(self, parameters, cfg):
-            return [vector], 1, {}
-
-    def drop_mod(msg, ctxt, call_next):
-        """Make the chosen clients fail when asked for their masked vector (a dropout)."""
-        cfg = msg.content.config_records.get("secaggplus_configs")
-        if cfg is not None and cfg.get("stage") == "collect_masked_vectors":
-            if int(ctxt.node_config["partition-id"]) in dropped:
-                raise RuntimeError("simulated dropout")
-        return call_next(msg, ctxt)
-
-    mods = [drop_mod, secaggplus_mod] if spec else []
-    client_app = ClientApp(client_fn=lambda context: FixedClient().to_client(), mods=mods)
-    marks: list[tuple[float, float]] = []
-
-    class TimedFedAvg(FedAvg):
-        def configure_fit(self, server_round, parameters, client_manager):
-            marks.append((time.perf_counter(), 0.0))
-            return super().configure_fit(server_round, parameters, client_manager)
-
-        def aggregate_fit(self, server_round, results, failures):
-            out = super().aggregate_fit(server_round, results, failures)
-            marks[-1] = (marks[-1][0], time.perf_counter())
-            return out
-
-    strategy = TimedFedAvg(
-        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=N, min_available_clients=N,
-        accept_failures=True, initial_parameters=ndarrays_to_parameters([np.zeros(m, np.float32)]),
-    )
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-        fit = SecAggPlusWorkflow(num_shares=spec["num_shares"], reconstruction_threshold=spec["threshold"]) if spec \
-            else None
-        (DefaultWorkflow(fit_workflow=fit) if fit else DefaultWorkflow())(grid, ctx)
-
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    done = [b - a for a, b in marks if b]
-    if not done:
-        raise RuntimeError(f"flower {config}: no round finished")
-    return done[-1]
 
 
 def securefl_round_seconds(config: str, m: int, repeats: int = 2, signed_keys: bool = True) -> float:
@@ -123,26 +62,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--m", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(flower_round_seconds(args.child, args.m, args.rounds)), flush=True)
-        return
 
     flower: dict[str, float | str] = {}
-    for cfg in CONFIGS:
-        cmd = [sys.executable, __file__, "--child", cfg, "--m", str(args.m), "--rounds", str(args.rounds)]
+    for cfg, (shares, drop_every) in CONFIGS.items():
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-            if lines:
-                flower[cfg] = float(json.loads(lines[-1][7:]))
-            else:
-                tail = (p.stdout + p.stderr).strip().splitlines()[-15:]
-                flower[cfg] = f"FAILED (exit {p.returncode}): " + " | ".join(tail)
-        except subprocess.TimeoutExpired:
-            flower[cfg] = f"FAILED: no result within {args.timeout:.0f} s"
+            flower[cfg] = round_seconds_in_subprocess(N, args.m, args.rounds, shares, 0.6, drop_every, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            flower[cfg] = f"FAILED: {e}"
         print(f"flower   {cfg:9s}: {flower[cfg] if isinstance(flower[cfg], str) else f'{flower[cfg]:.3f} s/round'}",
               flush=True)
     modes = {"semi-honest": False, "active": True}  # label -> signed_keys

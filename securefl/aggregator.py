@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from abc import ABC, abstractmethod
+import secrets
+from abc import ABC
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -12,39 +12,30 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from securefl.codec import FixedPoint, Flat, Layout, flatten_all
+from securefl.codec import FixedPoint, Layout, flatten_all
 from securefl.errors import ConfigError, DropoutError, InputError
+from securefl.keys import Directory, Identity, create_identities
 from securefl.report import Report, Result
+from securefl.session import ModelSpec, RoundConfig, new_session
 from securefl.simulation import Simulation
+from securefl.wire import PartyId
 
 if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
     from securefl.dp.mechanisms import Mechanism
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Validated inputs of one round: layout, flat updates and weights normalised to [0, 1]."""
-
-    layout: Layout
-    flats: list[Flat]
-    weights: np.ndarray
-    weight_bound: float
-
-    @property
-    def n(self) -> int:
-        return len(self.flats)
+    from securefl.protocol import Coordinator, Party, Totals
 
 
 @dataclass
-class Totals:
-    """What the party that learns the aggregate ends with, before it is rebuilt into tensors."""
+class Federation:
+    """The simulation's deployment: a configuration, every party's identity and long-lived party, and
+    the session's round counter (a new configuration starts a new session)."""
 
-    floats: np.ndarray  # sum over included clients of normalised weight x clipped update
-    ints: np.ndarray  # exact sum of integer tensors over included clients
-    weight: float  # sum of normalised weights over included clients
-    included: list[int]
-    clipped: int = 0
-    noised: bool = False  # True when the scheme's decoding party already added central DP noise (HE key holder)
+    config: RoundConfig
+    identities: dict[PartyId, Identity]
+    parties: dict[PartyId, Party]
+    session: bytes
+    round: int = 0
 
 
 def check_weights(weights: object, n: int, weight_bound: float | None) -> tuple[np.ndarray, float]:
@@ -83,13 +74,16 @@ class Aggregator(ABC):
     the report). frac_bits: fixed-point precision (2^-frac_bits per value and client).
     int_bound: largest absolute value an integer tensor may hold. weight_bound: public upper
     bound on a client's weight (default: the largest weight given). seed: reproducible
-    simulation randomness (rounding, noise); never used for key material. dp: a securefl.dp
-    mechanism. Each client's float update is clipped to L2 <= dp.clip before it reaches the
-    scheme (dp.clip_flat, with room for the fixed-point rounding); with DistributedGaussian each
-    client adds its discrete noise inside FixedPoint.encode (through fixed_point()), before
-    masking or sharing; with GaussianMechanism the decoding party (`output_party`) adds the
-    central noise in _finish, unless the scheme did so itself (Totals.noised).
-    report.epsilon is the cumulative epsilon of the mechanism at dp.delta.
+    simulation (which clients drop, test inputs); never used for keys, masks, shares, rounding or DP
+    noise, which come from the OS CSPRNG. dp: a securefl.dp mechanism; every party calls it through
+    the round's RoundCodec (securefl.encoding): clients clip and add their distributed noise before
+    masking, sharing or encrypting; the party that decodes the sum (`output_party`) adds the central
+    noise; the coordinator charges each released round to dp.accountant, and report.epsilon is its
+    cumulative epsilon at dp.delta.
+
+    `aggregate` is a simulation: it keeps a deployment (a RoundConfig, every party's identity and
+    long-lived party object built by the scheme's `party()`, one session whose rounds count up) and
+    runs each round through the same party objects a real deployment runs (securefl.protocol).
     """
 
     scheme: ClassVar[str]
@@ -97,7 +91,6 @@ class Aggregator(ABC):
     input_stage: ClassVar[str]
     threat_model: ClassVar[str]  # one line: who could learn an individual update
     output_party: ClassVar[str] = "server"  # the party that decodes the sum (adds central DP noise)
-    central_noise_in_ring: ClassVar[bool] = False  # True: the scheme's decryptor adds central noise to ring words
     distributed_dp: ClassVar[bool] = True  # False: clients do not encode through FixedPoint.encode (no ring noise)
     simulation_class: ClassVar[type[Simulation]] = Simulation  # the audit swaps in a recording one
 
@@ -117,7 +110,7 @@ class Aggregator(ABC):
         self.weight_bound = weight_bound
         self.seed = seed
         self.dp = dp
-        if dp is not None and dp.kind == "distributed" and not self.distributed_dp:
+        if dp is not None and dp.client_variance(frac_bits, 1) and not self.distributed_dp:
             raise ConfigError(f"{self.scheme}: its clients add no distributed noise (they do not encode through "
                               "FixedPoint.encode); use dp.GaussianMechanism with it")
         FixedPoint.choose(1, clip=clip, frac_bits=frac_bits, int_bound=int_bound)  # validate early
@@ -127,17 +120,6 @@ class Aggregator(ABC):
         scaled for it). Schemes that finish with fewer than all (SecAgg: the threshold) override it."""
         return n_clients
 
-    def fixed_point(self, n_clients: int) -> FixedPoint:
-        """The ring parameters for a round of n_clients (with the DP clip and client noise when dp is set)."""
-        if self.dp is None or self.dp.kind != "distributed":
-            in_ring = self.dp is not None and self.central_noise_in_ring
-            return FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound,
-                                     noise_bound=self.dp.ring_noise_bound(self.frac_bits) if in_ring else 0.0)
-        noise_var = self.dp.local_variance(self.frac_bits, self.min_survivors(n_clients))
-        fixed = FixedPoint.choose(n_clients, clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound,
-                                  noise_bound=self.dp.noise_bound(noise_var, n_clients))
-        return dataclasses.replace(fixed, noise_var=noise_var, dp=self.dp)
-
     def aggregate(
         self,
         updates: Sequence[object],
@@ -145,56 +127,91 @@ class Aggregator(ABC):
         dropped: Mapping[int, str] | Sequence[int] | None = None,
     ) -> Result:
         """Simulate one secure round over `updates`; return the weighted mean, sum and report."""
+        from securefl.protocol import run_round
+
         layout, flats = flatten_all(updates)
         w, bound = check_weights(weights, len(flats), self.weight_bound)
-        if self.dp is not None:
-            flats = [self.dp.clip_flat(f, self.frac_bits) for f in flats]
-            self.dp.begin_round()
-        batch = Batch(layout, flats, w, bound)
-        sim = self.simulation_class(self.scheme, batch.n, self.stages, self.input_stage, dropped, self.seed)
-        totals, params = self._run(batch, sim)
-        return self._finish(batch, sim, totals, params)
+        n = len(flats)
+        fed = self._federation(layout, n, bound)
+        fed.round += 1
+        sim = self.simulation_class(self.scheme, n, self.stages, self.input_stage, dropped, self.seed)
+        coordinator = self.coordinator(fed.config, fed.session, fed.round,
+                                       accountant=None if self.dp is None else self.dp.accountant)
+        totals = run_round(coordinator, fed.parties, sim, lambda i: (flats[i], float(w[i] * bound)))
+        clipped = sum(getattr(fed.parties[PartyId.client(i)], "clipped", 0) for i in totals.included)
+        params = {"clip": self.clip, "frac_bits": self.frac_bits, "weight_bound": bound, "round": fed.round,
+                  **totals.params}
+        return self._result(layout, bound, sim, totals, clipped, params)
 
-    @abstractmethod
-    def _run(self, batch: Batch, sim: Simulation) -> tuple[Totals, dict]:
-        """Run the scheme's parties through `sim`; return the totals and the round's parameters."""
+    # ---------------------------------------------------------------- what a scheme provides
 
-    def _finish(self, batch: Batch, sim: Simulation, totals: Totals, params: dict) -> Result:
+    def options(self) -> dict:
+        """The scheme's options, as they go into a RoundConfig (JSON scalars)."""
+        return {}
+
+    def min_clients_for(self, n_clients: int) -> int:
+        """RoundConfig.min_clients of a deployment of n_clients (0: the scheme has no minimum batch)."""
+        return 0
+
+    def roles(self) -> tuple[int, bool]:
+        """Identities the scheme needs besides its clients: (number of helpers, whether a key holder)."""
+        return 0, False
+
+    @classmethod
+    def party(cls, config: RoundConfig, identity: Identity, state: bytes | None = None) -> Party:
+        """The scheme's party for `identity` (a client, helper or key holder), fresh or restored from `state`."""
+        raise NotImplementedError
+
+    @classmethod
+    def coordinator(cls, config: RoundConfig, session: bytes, round_: int, clients: Sequence[int] | None = None,
+                    accountant: Accountant | None = None) -> Coordinator:
+        """The coordinator (server or leader) of round `round_`, asking `clients` (default: every client);
+        with DP, released rounds are charged to `accountant` (a fresh one when not given)."""
+        raise NotImplementedError
+
+    def config(self, template: object, n_clients: int, *, directory: Directory | None = None,
+               weight_bound: float | None = None) -> RoundConfig:
+        """The round configuration of a deployment of this aggregator (`template`: one update or a state_dict)."""
+        helpers, keyholder = self.roles()
+        if directory is None:
+            directory = Directory.of(create_identities(n_clients, helpers, keyholder).values())
+        return RoundConfig(self.scheme, directory, ModelSpec.of(template), options=self.options(), clip=self.clip,
+                           frac_bits=self.frac_bits, int_bound=self.int_bound,
+                           weight_bound=float(weight_bound if weight_bound is not None else self.weight_bound or 1.0),
+                           dp=None if self.dp is None else self.dp.to_dict(),
+                           min_clients=self.min_clients_for(directory.clients))
+
+    def _federation(self, layout: Layout, n: int, weight_bound: float) -> Federation:
+        """The simulated deployment for n clients: kept across rounds while its configuration holds."""
+        spec = ModelSpec.from_layout(layout)
+        fed: Federation | None = getattr(self, "_fed", None)
+        helpers, keyholder = self.roles()
+        if fed is not None and (fed.config.n, fed.config.directory.helpers, fed.config.directory.has_keyholder) != (
+                n, helpers, keyholder):
+            fed = None
+        identities = fed.identities if fed is not None else create_identities(n, helpers, keyholder)
+        config = RoundConfig(self.scheme, Directory.of(identities.values()), spec, options=self.options(),
+                             clip=self.clip, frac_bits=self.frac_bits, int_bound=self.int_bound,
+                             weight_bound=weight_bound, dp=None if self.dp is None else self.dp.to_dict(),
+                             min_clients=self.min_clients_for(n),
+                             setup_seed=fed.config.setup_seed if fed is not None else secrets.token_bytes(32))
+        if fed is None or fed.config != config:
+            fed = Federation(config, identities, {p: self.party(config, i) for p, i in identities.items()},
+                             new_session())
+            self._fed = fed
+        return fed
+
+    def _result(self, layout: Layout, bound: float, sim: Simulation, totals: Totals, clipped: int,
+                params: dict) -> Result:
+        """Mean and sum in the updates' structure, and the report, from what the coordinator released."""
         if not totals.included:
             raise DropoutError(f"{self.scheme}: no client's input reached the aggregate")
         if totals.weight <= 0:
             raise DropoutError(f"{self.scheme}: the included clients' weights sum to 0; no mean exists")
         k = len(totals.included)
-        epsilon, dp_params = self._apply_dp(batch, sim, totals) if self.dp is not None else (None, {})
         mean_ints = (2 * totals.ints + k) // (2 * k)  # exact round-half-up of sum / k
-        layout = batch.layout
         mean = layout.unflatten(totals.floats / totals.weight, mean_ints)
-        total = layout.unflatten(totals.floats * batch.weight_bound, totals.ints, int_dtype=torch.int64)
-        report: Report = sim.report(
-            totals.included,
-            clipped_values=totals.clipped,
-            epsilon=epsilon,
-            delta=None if self.dp is None else self.dp.delta,
-            params={"clip": self.clip, "frac_bits": self.frac_bits, "weight_bound": batch.weight_bound, **params,
-                    **dp_params},
-        )
+        total = layout.unflatten(totals.floats * bound, totals.ints, int_dtype=torch.int64)
+        report: Report = sim.report(totals.included, clipped_values=clipped, epsilon=totals.epsilon,
+                                    delta=None if self.dp is None else self.dp.delta, params=params)
         return Result(mean=mean, sum=total, report=report)
-
-    def _apply_dp(self, batch: Batch, sim: Simulation, totals: Totals) -> tuple[float, dict]:
-        """Central noise (if the scheme has not added it), then one round of accounting at the noise present."""
-        dp = self.dp
-        info = dp.describe()
-        if dp.kind == "central":
-            if not totals.noised:
-                with sim.clock("dp_noise", self.output_party):
-                    dp.add_noise(totals.floats, sim.rng(self.output_party))
-            z_eff = dp.effective_noise_multiplier()
-        else:
-            m = self.min_survivors(batch.n)
-            noise_var = dp.local_variance(self.frac_bits, m)
-            noisy = dp.noised_clients(totals.included)
-            z_eff = dp.effective_noise_multiplier(noise_var, noisy, self.frac_bits, batch.layout.float_size)
-            info |= {"min_survivors": m, "local_variance": noise_var, "noisy_survivors": noisy}
-        info["effective_noise_multiplier"] = z_eff
-        return dp.spend(z_eff), {"dp": info}
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -218,8 +218,6 @@ class FixedPoint:
     frac_bits: int
     ring_bits: int
     int_bound: int
-    noise_var: int = 0  # > 0 (distributed DP): each client adds N_Z(0, noise_var) to every float coordinate
-    dp: object = field(default=None, compare=False, repr=False)  # the DistributedGaussian that samples it
 
     @classmethod
     def choose(
@@ -292,9 +290,6 @@ class FixedPoint:
         signed = out.view(self.signed)
         u = rng.random(nf + 1)
         clipped = encode_fixed(flat.floats, u[:nf], self.clip, weight * self.scale, signed[:nf])
-        if self.noise_var > 0 and nf:  # distributed DP: exact discrete Gaussian, added before any masking
-            noise = self.dp.client_noise(self.noise_var, nf, rng, client)
-            np.add(signed[:nf], noise, out=signed[:nf], casting="unsafe")
         if ni:
             self.check_ints(flat, layout, client)
             signed[nf : nf + ni] = flat.ints

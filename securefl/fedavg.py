@@ -1,17 +1,24 @@
 """Federated averaging with a pluggable (secure) aggregator: the loop behind `securefl run`.
 
-Each round every client trains the global model on its own shard, its update (local minus
-global state, integer buffers included) goes through the aggregator, and the global model
-moves by the aggregated weighted mean. Clients may vanish each round (`dropout`). With
-`sample_rate` q < 1 each client takes part in a round independently with probability q (Poisson
-sampling, the sampling that DP accounting amplifies); sampled-out clients are simply absent.
+Each round every selected client trains the global model on its own shard, its update (local
+minus global state, integer buffers included) goes through the aggregator, and the global model
+moves by the aggregated mean. With `sample_rate` q < 1 each client is selected for a round
+independently with probability q (Poisson sampling, the sampling that DP accounting amplifies);
+sampled-out clients are simply absent. Each selected client drops with probability `dropout` at
+`dropout_stage` (default: the scheme's input stage): it takes part in the protocol up to that
+stage and then vanishes, so the scheme's recovery runs (SecAgg's server reconstructs the masks
+of clients that shared their keys but sent no input). The mean is weighted by sample counts;
+with DP every client weighs the same (DP-FedAvg's choice: the noise, z * clip on the sum, is then
+1 / (clients) of the mean, where sample-count weights would let a few large clients set the scale).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +26,9 @@ from torch import nn
 
 from securefl.aggregator import Aggregator
 from securefl.datasets import Federated
-from securefl.errors import DropoutError
+from securefl.errors import DropoutError, InputError
+
+log = logging.getLogger(__name__)
 
 
 class MLP(nn.Module):
@@ -56,7 +65,7 @@ def make_model(kind: str, num_features: int, num_classes: int) -> nn.Module:
     if kind == "cnn":
         side = int(round(num_features**0.5))
         return TinyCNN(side, num_classes)
-    raise ValueError(f"unknown model {kind!r}; choose 'mlp' or 'cnn'")
+    raise InputError(f"unknown model {kind!r}; choose 'mlp' or 'cnn'")
 
 
 @dataclass
@@ -68,11 +77,13 @@ class RoundMetrics:
     loss: float
     train_seconds: float
     aggregate_seconds: float
-    client_bytes: float  # mean bytes sent per participating client
-    participants: int
-    survivors: int
+    client_bytes: float  # mean bytes sent per client that sent anything
+    participants: int  # clients selected for the round, the dropped ones included
+    survivors: int  # clients whose input is in the aggregate
+    dropped: dict[int, str]  # client id -> the stage at which it vanished
     epsilon: float | None = None
     error: str | None = None
+    params: dict = field(default_factory=dict)  # the round's scheme parameters (report.params)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +120,29 @@ def local_update(
     return {k: v.detach() - start[k] for k, v in model.state_dict().items()}
 
 
+def check_noise(aggregator: Aggregator, num_params: int, clients_per_round: float) -> float | None:
+    """Log a warning when the DP noise per coordinate of the mean exceeds the clipped signal; return that ratio.
+
+    A mean of clients_per_round updates clipped to L2 <= clip carries at most clip / sqrt(d) per
+    coordinate (all updates aligned, spread evenly); the noise adds z * clip / clients_per_round to
+    every coordinate. Their ratio, z * sqrt(d) / clients, above 1 means the noise drowns even the best
+    case signal and training will not improve the model.
+    """
+    mech = aggregator.dp
+    if mech is None:
+        return None
+    ratio = mech.noise_multiplier * math.sqrt(num_params) / max(clients_per_round, 1e-9)
+    if ratio > 1:
+        log.warning(
+            "DP noise exceeds the signal: noise std per coordinate of the mean, z*clip/clients = %.3g, is %.1fx "
+            "the most a clipped mean carries per coordinate, clip/sqrt(d) = %.3g (z=%.3g, d=%d parameters, "
+            "%.0f clients per round); the model will barely learn. Use at least z*sqrt(d) = %.0f clients per "
+            "round, a smaller model, or a larger privacy budget.",
+            mech.noise_multiplier * mech.clip / max(clients_per_round, 1e-9), ratio, mech.clip / math.sqrt(num_params),
+            mech.noise_multiplier, num_params, clients_per_round, mech.noise_multiplier * math.sqrt(num_params))
+    return ratio
+
+
 def train(
     aggregator: Aggregator,
     data: Federated,
@@ -119,6 +153,7 @@ def train(
     lr: float = 0.05,
     batch_size: int = 16,
     dropout: float = 0.0,
+    dropout_stage: str | None = None,
     sample_rate: float = 1.0,
     seed: int = 0,
     on_round: Callable[[RoundMetrics], None] | None = None,
@@ -126,8 +161,13 @@ def train(
     """Run federated averaging through `aggregator`; return the final model and per-round metrics.
 
     A round whose aggregation fails with DropoutError, or in which no client was sampled, leaves
-    the global model unchanged.
+    the global model unchanged. dropout_stage: one of aggregator.stages (None: its input_stage).
     """
+    stage = aggregator.input_stage if dropout_stage is None else dropout_stage
+    if stage not in aggregator.stages:
+        raise InputError(f"dropout stage {stage!r} is not a stage of {aggregator.scheme}; "
+                         f"its stages: {', '.join(aggregator.stages)}")
+    sends_input = aggregator.stages.index(stage) > aggregator.stages.index(aggregator.input_stage)
     torch.manual_seed(seed)
     net = make_model(model, data.num_features, data.num_classes)
     local = make_model(model, data.num_features, data.num_classes)
@@ -135,22 +175,24 @@ def train(
     drop_rng = np.random.default_rng(seed)
     sample_rng = np.random.default_rng([seed, 1])
     n = len(data.clients)
-    weights = [len(y) for _, y in data.clients]
+    weights = [1 if aggregator.dp is not None else len(y) for _, y in data.clients]
+    num_params = sum(v.numel() for v in net.state_dict().values() if v.is_floating_point())
+    check_noise(aggregator, num_params, n * sample_rate * (1.0 if sends_input else 1.0 - dropout))
     history = []
     for r in range(1, rounds + 1):
         start = {k: v.clone() for k, v in net.state_dict().items()}
         members = range(n) if sample_rate >= 1.0 else np.flatnonzero(sample_rng.random(n) < sample_rate).tolist()
-        dropped = [j for j in range(len(members)) if drop_rng.random() < dropout]
+        dropped = {j: stage for j in range(len(members)) if drop_rng.random() < dropout}
         t0 = time.perf_counter()
-        updates = [
+        updates = [  # a client that vanishes before sending its input never trains; a placeholder stands in
             {k: torch.zeros_like(v) for k, v in start.items()}
-            if j in dropped
+            if j in dropped and not sends_input
             else local_update(local, start, *data.clients[i], epochs=local_epochs, lr=lr, batch_size=batch_size,
                               generator=gen)
             for j, i in enumerate(members)
         ]
         t1 = time.perf_counter()
-        error, survivors, client_bytes, eps = None, 0, 0.0, None
+        error, survivors, client_bytes, eps, params = None, 0, 0.0, None, {}
         try:
             if not updates:
                 raise DropoutError("no client was sampled this round")
@@ -160,11 +202,12 @@ def train(
         else:
             net.load_state_dict({k: start[k] + result.mean[k] for k in start})
             rep = result.report
-            survivors, client_bytes, eps = len(rep.survivors), rep.mean_bytes_sent("client"), rep.epsilon
+            survivors, client_bytes, eps, params = len(rep.survivors), rep.mean_bytes_sent("client"), rep.epsilon, \
+                rep.params
         t2 = time.perf_counter()
         acc, loss = evaluate(net, *data.test)
-        m = RoundMetrics(r, acc, loss, t1 - t0, t2 - t1, client_bytes, len(members) - len(dropped), survivors, eps,
-                         error)
+        m = RoundMetrics(r, acc, loss, t1 - t0, t2 - t1, client_bytes, len(members), survivors,
+                         {members[j]: s for j, s in dropped.items()}, eps, error, params)
         history.append(m)
         if on_round:
             on_round(m)

@@ -1,12 +1,15 @@
 """Identity keys and the pinned directory of public identities.
 
 Every party that signs (clients, AdditiveSharing helpers, the HE key holder) has a long-term
-Ed25519 identity key. A deployment keeps each private key on its party's machine (PEM, PKCS#8,
-optionally encrypted with a passphrase) and gives every party the same directory: the public
-keys of all clients, helpers and the key holder. Parties pin the directory: a signature counts
-only when it verifies under the key the directory lists for its signer, and the directory's
-fingerprint is part of every round configuration, so parties holding different directories
-refuse each other's messages.
+Ed25519 identity key, and a static X25519 agreement key derived from it (HKDF-SHA256 of the
+private signing key, so one file holds both): two parties listed in the same directory share a
+pairwise key without any message (static-static X25519), which lets them authenticate each other
+with a MAC where a signature per round would cost too much. A deployment keeps each private key
+on its party's machine (PEM, PKCS#8, optionally encrypted with a passphrase) and gives every party
+the same directory: the two public keys of every client, helper and the key holder. Parties pin
+the directory: a signature counts only when it verifies under the key the directory lists for its
+signer, and the directory's fingerprint is part of every round configuration, so parties holding
+different directories refuse each other's messages.
 
     ids = keys.create_identities(clients=10, helpers=2)          # in-memory, fresh from the OS CSPRNG
     keys.save_federation(ids, "fed/", passphrase=b"...")       # fed/directory.json + one PEM per party
@@ -24,14 +27,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from securefl.errors import ConfigError, InputError, ProtocolError
 from securefl.wire import KEYHOLDER, PartyId, Role
 
 PUBLIC_KEY_BYTES = 32
-DIRECTORY_FORMAT = "securefl-directory/1"
+DIRECTORY_FORMAT = "securefl-directory/2"
+_AGREEMENT_LABEL = b"securefl/identity/x25519-agreement-key"
+_PAIRWISE_LABEL = b"securefl/identity/pairwise-key"
 
 
 def _passphrase(passphrase: bytes | str | None) -> bytes | None:
@@ -51,6 +58,20 @@ class Identity:
         self.party = party
         self._key = key
         self.public_key = key.public_key().public_bytes_raw()
+        seed = HKDF(hashes.SHA256(), 32, salt=None, info=_AGREEMENT_LABEL).derive(key.private_bytes_raw())
+        self._agreement = X25519PrivateKey.from_private_bytes(seed)
+        self.agreement_key = self._agreement.public_key().public_bytes_raw()
+
+    def pairwise_key(self, peer: PartyId, peer_agreement_key: bytes, label: bytes) -> bytes:
+        """A 32-byte key only this party and `peer` can compute (static-static X25519 + HKDF, both ids and
+        `label` bound in), from the peer's pinned agreement key: authenticates without a signature."""
+        try:
+            shared = self._agreement.exchange(X25519PublicKey.from_public_bytes(bytes(peer_agreement_key)))
+        except ValueError as e:
+            raise ProtocolError(f"{self.party}: key agreement with {peer} failed: {e}") from None
+        lo, hi = sorted((self.party, peer))
+        info = _PAIRWISE_LABEL + b"\0" + label + b"\0" + f"{lo}|{hi}".encode()
+        return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared)
 
     @classmethod
     def generate(cls, party: PartyId | str) -> Identity:
@@ -118,30 +139,37 @@ class Identity:
 
 
 class Directory(Mapping[PartyId, bytes]):
-    """The pinned public identities of a federation: party -> raw 32-byte Ed25519 public key.
+    """The pinned public identities of a federation: party -> raw 32-byte Ed25519 public key (the mapping),
+    plus each party's static X25519 agreement key (`agreement_key`).
 
     Clients must be client/0 ... client/(n-1), helpers helper/1 ... helper/(K-1); at most one key
     holder. Immutable once built; its fingerprint (SHA-256 of the canonical JSON) names it.
     """
 
-    def __init__(self, entries: Mapping[PartyId | str, bytes]):
+    def __init__(self, entries: Mapping[PartyId | str, tuple[bytes, bytes]]):
         table: dict[PartyId, bytes] = {}
-        for party, key in entries.items():
+        agree: dict[PartyId, bytes] = {}
+        for party, keys in entries.items():
             party = party if isinstance(party, PartyId) else PartyId.parse(party)
             if party.role in (Role.SERVER, Role.LEADER):
                 raise ConfigError(f"directory: {party} does not sign anything and has no identity entry")
-            if not isinstance(key, (bytes, bytearray)) or len(key) != PUBLIC_KEY_BYTES:
-                raise ConfigError(f"directory: public key of {party} must be {PUBLIC_KEY_BYTES} raw bytes")
+            if not isinstance(keys, tuple) or len(keys) != 2:
+                raise ConfigError(f"directory: {party} needs (signing key, agreement key)")
+            sign, dh = (bytes(k) if isinstance(k, (bytes, bytearray)) else None for k in keys)
+            if sign is None or dh is None or len(sign) != PUBLIC_KEY_BYTES or len(dh) != PUBLIC_KEY_BYTES:
+                raise ConfigError(f"directory: public keys of {party} must be {PUBLIC_KEY_BYTES} raw bytes each")
             try:
-                Ed25519PublicKey.from_public_bytes(bytes(key))
+                Ed25519PublicKey.from_public_bytes(sign)
+                X25519PublicKey.from_public_bytes(dh)
             except ValueError:
-                raise ConfigError(f"directory: public key of {party} is not an Ed25519 key") from None
-            table[party] = bytes(key)
+                raise ConfigError(f"directory: public keys of {party} are not Ed25519/X25519 keys") from None
+            table[party], agree[party] = sign, dh
         self._check_indices(table, Role.CLIENT, 0)
         self._check_indices(table, Role.HELPER, 1)
-        if len(set(table.values())) != len(table):
-            raise ConfigError("directory: two parties share one public key")
+        if len(set(table.values()) | set(agree.values())) != 2 * len(table):
+            raise ConfigError("directory: two parties share a public key")
         self._table = dict(sorted(table.items()))
+        self._agree = dict(sorted(agree.items()))
         self._fingerprint = hashlib.sha256(self.to_json().encode()).digest()
 
     @staticmethod
@@ -154,7 +182,7 @@ class Directory(Mapping[PartyId, bytes]):
     @classmethod
     def of(cls, identities: Iterable[Identity]) -> Directory:
         """The directory of these parties' public keys."""
-        return cls({i.party: i.public_key for i in identities})
+        return cls({i.party: (i.public_key, i.agreement_key) for i in identities})
 
     def __getitem__(self, party: PartyId) -> bytes:
         return self._table[party]
@@ -190,6 +218,11 @@ class Directory(Mapping[PartyId, bytes]):
             raise ProtocolError(f"{who}: {party} is not in the pinned directory")
         return key
 
+    def agreement_key(self, party: PartyId, who: str = "directory") -> bytes:
+        """The pinned static X25519 key of `party` (for Identity.pairwise_key)."""
+        self.public_key(party, who)
+        return self._agree[party]
+
     def verify(self, party: PartyId, signature: bytes, message: bytes, who: str) -> None:
         """Check `party`'s signature of `message` against its pinned key; ProtocolError naming it otherwise."""
         key = self.public_key(party, who)
@@ -204,8 +237,10 @@ class Directory(Mapping[PartyId, bytes]):
         return self._fingerprint
 
     def to_dict(self) -> dict:
+        b64 = base64.b64encode
         return {"format": DIRECTORY_FORMAT,
-                "parties": {str(p): base64.b64encode(k).decode() for p, k in self._table.items()}}
+                "parties": {str(p): {"sign": b64(k).decode(), "agree": b64(self._agree[p]).decode()}
+                            for p, k in self._table.items()}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -216,11 +251,12 @@ class Directory(Mapping[PartyId, bytes]):
             raise ConfigError(f"not a securefl directory (expected format {DIRECTORY_FORMAT!r})")
         parties = data.get("parties")
         if not isinstance(parties, Mapping):
-            raise ConfigError("directory: 'parties' must map party names to base64 public keys")
+            raise ConfigError("directory: 'parties' must map party names to their base64 public keys")
         try:
-            return cls({k: base64.b64decode(v, validate=True) for k, v in parties.items()})
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"directory: bad entry: {e}") from None
+            return cls({k: (base64.b64decode(v["sign"], validate=True), base64.b64decode(v["agree"], validate=True))
+                        for k, v in parties.items()})
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"directory: bad entry: {e!r}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Directory:
@@ -240,7 +276,7 @@ class Directory(Mapping[PartyId, bytes]):
         return cls.from_json(Path(path).read_text())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Directory) and other._table == self._table
+        return isinstance(other, Directory) and other._fingerprint == self._fingerprint
 
     def __hash__(self) -> int:
         return hash(self._fingerprint)

@@ -67,6 +67,7 @@ class Coordinator(ABC):
 
     id: PartyId
     stage: str  # the stage of the messages last returned by start() or step()
+    input_stage: str  # the stage whose client messages ask for the update (a transport attaches the model to it)
 
     @abstractmethod
     def start(self) -> dict[PartyId, bytes]:
@@ -116,7 +117,8 @@ def run_round(
             replies[pid] = sim.send(name, me, reply)
         with sim.clock(stage, me):
             outbox = _act(me, coordinator.step, replies)
-    return coordinator.result()
+    with sim.clock("decode", me):
+        return _act(me, coordinator.result)
 
 
 def _phase(coordinator: Coordinator) -> str:

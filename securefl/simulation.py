@@ -72,7 +72,8 @@ class Simulation:
         self._entropy = np.random.SeedSequence(seed).entropy
 
     def rng(self, party: str) -> np.random.Generator:
-        """Simulation randomness of one party (rounding, noise, drop schedules; never key material)."""
+        """Simulation randomness of one party (rounding, drop schedules): never key material or DP noise, which
+        come from the OS CSPRNG (securefl.dp.sampler); the DP accounting assumes nothing of the rounding."""
         key = (zlib.crc32(party.encode()),)
         return np.random.default_rng(np.random.SeedSequence(self._entropy, spawn_key=key))
 

@@ -24,6 +24,7 @@ SESSION_BYTES = 16
 _HEADER = struct.Struct("<2sBB16sII")
 HEADER_SIZE = _HEADER.size
 _HEADER2 = struct.Struct("<2sBB16sIBIBI")
+PARTY_HEADER_SIZE = _HEADER2.size
 
 _DTYPE_CODES = {
     np.dtype("<u1"): 1,
@@ -226,6 +227,46 @@ class Kind(IntEnum):
 
     PLAIN_REQUEST = 1
     PLAIN_UPLOAD = 2
+    # AdditiveSharing (securefl.mpc.additive), in stage order
+    ADD_SETUP = 10  # leader -> helper: start a round
+    ADD_KEY = 11  # helper -> leader: its per-round X25519 key, signed by its identity
+    ADD_REQUEST = 12  # leader -> client: the helpers' signed keys; asks for the upload
+    ADD_UPLOAD = 13  # client -> leader: masked vector, one MAC'd sealed seed per helper
+    ADD_FORWARD = 14  # leader -> helper: every uploaded client's envelope for that helper
+    ADD_VERDICTS = 15  # helper -> leader: opened or rejected (why), per client
+    ADD_ACCEPT = 16  # leader -> helper: the accepted set
+    ADD_ENDORSE = 17  # helper -> leader: its signature over the accepted set
+    ADD_ENDORSEMENTS = 18  # leader -> helper: every helper's endorsement
+    ADD_PARTIAL = 19  # helper -> leader: its sum of the accepted clients' shares
+    # SecAgg / SecAgg+ (securefl.mpc.secagg), in stage order: server request, then the client's reply
+    SECAGG_SETUP = 20  # server -> client: the round's parameters and setup digest (advertise_keys)
+    SECAGG_KEYS = 21  # client -> server: its two X25519 keys and self-mask commitment, signed
+    SECAGG_PEER_KEYS = 22  # server -> client: its live neighbours' key records (share_keys)
+    SECAGG_SHARES = 23  # client -> server: per neighbour, share commitments and the encrypted shares
+    SECAGG_SHARE_BUNDLE = 24  # server -> client: the shares its neighbours dealt it (masked_input)
+    SECAGG_MASKED_INPUT = 25  # client -> server: its masked ring vector
+    SECAGG_SURVIVORS = 26  # server -> client: the survivor bitmap to sign (consistency_check)
+    SECAGG_SURVIVOR_SIGNATURE = 27  # client -> server: its signature of the bitmap
+    SECAGG_UNMASK_REQUEST = 28  # server -> client: bitmap, holders' signatures, peers to unmask (unmasking)
+    SECAGG_REVEAL = 29  # client -> server: self-mask shares of survivors, key shares of dropped peers
+    # CKKS (securefl.he.ckks), in stage order; the key holder's and clients' checks: securefl.he.base
+    CKKS_OPEN = 40  # server -> key holder: open a round (setup)
+    CKKS_KEY = 41  # key holder -> server: its public context, signed for the round
+    CKKS_SETUP = 42  # server -> client: the key holder's signed public context (setup)
+    CKKS_READY = 43  # client -> server: the key checked out
+    CKKS_REQUEST = 44  # server -> client: asks for the encrypted update (upload)
+    CKKS_UPLOAD = 45  # client -> server: ciphertexts, their SHA-256 and the client's signature
+    CKKS_AGGREGATE = 46  # server -> key holder: the included clients' signed uploads (decrypt)
+    CKKS_RESULT = 47  # key holder -> server: the sum's ring vector, signed
+    # packed Paillier (securefl.he.paillier): the same messages
+    PAILLIER_OPEN = 50
+    PAILLIER_KEY = 51
+    PAILLIER_SETUP = 52
+    PAILLIER_READY = 53
+    PAILLIER_REQUEST = 54
+    PAILLIER_UPLOAD = 55
+    PAILLIER_AGGREGATE = 56
+    PAILLIER_RESULT = 57
 
 
 def _kind_name(code: int) -> str:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from securefl import schemes
-from securefl.bench import harness, memory, output
+from securefl.bench import config as presets
+from securefl.bench import harness, memory, output, peers
 from securefl.cli import main
 from securefl.errors import InputError
 from securefl.plaintext import Plaintext
@@ -21,7 +22,7 @@ class Broken(Plaintext):
 
     scheme = "broken"
 
-    def _run(self, batch, sim):
+    def aggregate(self, updates, weights=None, dropped=None):
         raise RuntimeError("broken on purpose")
 
 
@@ -31,7 +32,7 @@ def with_broken(monkeypatch):
 
 
 def test_matrix_is_consistent(with_broken):
-    config = harness.preset(True, schemes=("additive", "broken"), dp_mechanisms=(), **TINY)
+    config = presets.preset(True, schemes=("additive", "broken"), dp_mechanisms=(), **TINY)
     ticks = []
     results = harness.run(config, lambda units, what: ticks.append(units))
     assert sum(ticks) == harness.total_units(config)
@@ -67,7 +68,7 @@ def test_matrix_is_consistent(with_broken):
 
 
 def test_budget_skips_and_trims_rounds():
-    config = harness.preset(True, schemes=("additive",), dp_mechanisms=(), **(TINY | {"cell_budget_s": 0.0}))
+    config = presets.preset(True, schemes=("additive",), dp_mechanisms=(), **(TINY | {"cell_budget_s": 0.0}))
     results = harness.run(config)
     by_size = {}
     for c in results["cells"]:
@@ -80,7 +81,7 @@ def test_budget_skips_and_trims_rounds():
 def test_dp_cells_when_supported():
     if not harness.supports_dp():
         pytest.skip("the Aggregator base takes no dp= yet")
-    config = harness.preset(True, schemes=("additive",), dp_mechanisms=("distributed", "central"),
+    config = presets.preset(True, schemes=("additive",), dp_mechanisms=("distributed", "central"),
                             **(TINY | {"ns": (4,), "ms": (40,), "dropouts": (0.0,), "repeats": 1}))
     cells = harness.run(config)["cells"]
     dp_cells = [c for c in cells if c["dp"]]
@@ -91,11 +92,11 @@ def test_dp_cells_when_supported():
 
 def test_unknown_scheme_is_an_input_error():
     with pytest.raises(InputError, match="nope"):
-        harness.run(harness.preset(True, schemes=("nope",), **TINY))
+        harness.run(presets.preset(True, schemes=("nope",), **TINY))
 
 
 def test_markdown_row_per_cell_and_plots(with_broken, tmp_path):
-    config = harness.preset(True, schemes=("broken",), dp_mechanisms=(), **(TINY | {"repeats": 1}))
+    config = presets.preset(True, schemes=("broken",), dp_mechanisms=(), **(TINY | {"repeats": 1}))
     results = harness.run(config)
     written = output.write(results, tmp_path)
     names = {p.name for p in written}
@@ -126,3 +127,49 @@ def test_bench_bad_options_exit_with_usage_error(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_peers_ship_in_the_package():
+    """Every peer's source names a function of an importable securefl module (no benchmarks/ checkout needed)."""
+    import importlib
+
+    for peer in peers.PEERS:
+        module, _, function = peer.source.partition(":")
+        assert module.startswith("securefl.bench.peers.")
+        assert callable(getattr(importlib.import_module(module), function))
+    assert callable(peers.load("he").flare_baseline)
+
+
+def test_missing_peer_library_is_unavailable(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tenseal(name, *args, **kwargs):
+        if name == "tenseal":
+            raise ImportError("No module named 'tenseal'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "securefl.bench.peers.he", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_tenseal)
+    with pytest.raises(peers.Unavailable, match="tenseal"):
+        peers.load("he")
+
+
+def test_harness_and_peers_do_not_import_each_other():
+    import ast
+    from pathlib import Path
+
+    bench = Path(harness.__file__).parent
+    lower = [bench / "config.py", bench / "workload.py", *(bench / "peers").glob("*.py")]
+    for path in lower:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n.endswith(("harness", "command")) for n in names), f"{path.name} imports {names}"
+
+
+def test_secaggplus_cells_are_designed_for_the_cell_dropout():
+    assert schemes.dropout_options("secagg+", 0.25) == {"dropout_rate": 0.25}
+    assert schemes.dropout_options("secagg+", 0.0) == {"dropout_rate": 0.05}  # never below the registry's design
+    assert schemes.dropout_options("ckks", 0.25) == {}

@@ -12,25 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tenseal import sealapi
 
-from securefl import wire
+from securefl import keys
 from securefl.codec import FixedPoint, flatten_all
 from securefl.errors import ConfigError, DropoutError, InputError, ProtocolError
-from securefl.he import DIGEST_BYTES, SERVER_ID, check_digest, with_digest
-from securefl.he.ckks import (
-    CKKS,
-    KIND_AGGREGATE,
-    KIND_UPLOAD,
-    Client,
-    KeyHolder,
-    Params,
-    SealIO,
-    Server,
-    max_coeff_bits,
-)
+from securefl.he import base
+from securefl.he.ckks import CKKS, Client, KeyHolder
+from securefl.he.ckks_seal import Params, SealIO, max_coeff_bits
+from securefl.he.server import Server
+from securefl.session import ModelSpec, RoundConfig
+from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId
 from tests.conftest import state_updates
+from tests.he_parties import SESSION, Deployment, make_config, sign_upload
 from tests.reference import assert_close
 
-SESSION = bytes(range(16))
 WEIGHTS = [1, 2, 3, 4, 5, 6]
 
 
@@ -49,26 +43,15 @@ def agg():
 
 @pytest.fixture(scope="module")
 def parties():
-    """A key holder, a server and three clients of one round on small updates, set up."""
-    ups = [torch.randn(50, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    layout, flats = flatten_all(ups)
-    fixed = FixedPoint.choose(3, clip=8.0, frac_bits=16, int_bound=2**16)
-    params = Params.choose(3, layout, fixed)
-    kh = KeyHolder(params)
-    announce = kh.announce(SESSION)
-    server = Server(params, kh.verify_key, SESSION)
-    server.setup(announce)
-    clients = [Client(i, f, 1.0, params, layout, kh.verify_key, SESSION) for i, f in enumerate(flats)]
-    for c in clients:
-        c.setup(announce)
-    return {"ups": ups, "params": params, "kh": kh, "server": server, "clients": clients, "announce": announce,
-            "layout": layout, "flats": flats, "uploads": [c.upload() for c in clients]}
+    """A key holder, three clients of one round on small updates (uploads made), and the round's servers."""
+    dep = Deployment("ckks", n=3)
+    return {"dep": dep, "rnd": dep.open(), "params": dep.params, "kh": dep.keyholder}
 
 
-def upload_blob(upload: bytes) -> bytes:
+def upload_blob(p, upload: bytes) -> bytes:
     """The (only) ciphertext of a one-ciphertext upload."""
-    r = wire.Reader(check_digest(upload, "test"), KIND_UPLOAD, SESSION, 0)
-    r.raw(32)
+    r = Channel(SERVER, SESSION, p["rnd"].number).read(upload[: -base.UPLOAD_TRAILER], Kind.CKKS_UPLOAD)
+    r.raw(base.DIGEST_BYTES)
     assert r.u32() == 1
     return r.blob(1 << 30)
 
@@ -80,10 +63,23 @@ def encrypt_one(ctx: ts.Context, values: np.ndarray, params: Params) -> bytes:
     return blob
 
 
-def fresh_server(p):
-    server = Server(p["params"], p["kh"].verify_key, SESSION)
-    server.setup(p["announce"])
-    return server
+def signed_upload(p, blobs: list[bytes], sender: int = 0, fingerprint: bytes | None = None, count=None) -> bytes:
+    """An upload of these ciphertexts from client `sender`, signed by client 0 (its own key when it is one)."""
+    dep, number = p["dep"], p["rnd"].number
+    w = Channel(PartyId.client(sender), SESSION, number).write(Kind.CKKS_UPLOAD, SERVER)
+    w.raw(fingerprint or base.digest(p["kh"].public)).u32(len(blobs) if count is None else count)
+    for blob in blobs:
+        w.blob(blob)
+    return sign_upload(dep, w.finish(), signer=sender if sender < dep.n else 0, round_=number, index=sender)
+
+
+def server_rejects(p, reply: bytes, as_client: int = 0) -> str:
+    """Why an honest server leaves this reply of `as_client` out of the round."""
+    server = p["rnd"].server()
+    server.step({PartyId.client(as_client): reply,
+                 **{PartyId.client(i): p["rnd"].uploads[i] for i in range(3) if i != as_client}})
+    assert as_client not in server.included
+    return server.rejected[as_client]
 
 
 @pytest.mark.parametrize("weights", [None, WEIGHTS])
@@ -136,9 +132,9 @@ def test_dropout_at_each_stage(agg, stage):
     res = agg.aggregate(ups, weights=WEIGHTS, dropped={1: stage, 4: stage})
     included = [0, 1, 2, 3, 4, 5] if stage == "decrypt" else [0, 2, 3, 5]
     assert_close(res, ups, WEIGHTS, included, clip=8.0, tols=tolerances(res, WEIGHTS, included, 8.0))
-    got = res.report.bytes_received.get("client/1", 0)
-    assert (got == 0) if stage == "setup" else (got > 0)
-    assert ("client/1" in res.report.bytes_sent) == (stage == "decrypt")
+    assert res.report.bytes_received["client/1"] > 10_000  # the key reached it
+    sent = res.report.bytes_sent.get("client/1", 0)  # nothing, its READY only, or its upload as well
+    assert {"setup": sent == 0, "upload": 0 < sent < 100, "decrypt": sent > 10_000}[stage]
 
 
 def test_all_dropped_raises(agg):
@@ -148,23 +144,17 @@ def test_all_dropped_raises(agg):
 
 def test_bytes_count_context_once_per_client(agg):
     rep = agg.aggregate([torch.randn(10) for _ in range(3)]).report
-    announce = rep.bytes_received["client/0"]  # each client gets the public context once, nothing else
-    assert announce == rep.bytes_received["client/2"] > 10_000
-    uploads = sum(rep.bytes_sent[f"client/{i}"] for i in range(3))
-    reply = rep.bytes_sent["keyholder"] - announce  # the key holder sends the context to the server, then the result
-    assert rep.bytes_received["server"] == announce + uploads + reply
+    header = 34  # wire.PARTY_HEADER_SIZE: READY and REQUEST are a header only
+    setup = rep.bytes_received["client/0"] - header  # each client gets the public context once, then REQUEST
+    assert setup == rep.bytes_received["client/2"] - header > 10_000
+    uploads = sum(rep.bytes_sent[f"client/{i}"] - header for i in range(3))
+    reply = rep.bytes_sent["keyholder"] - setup  # the key holder sends its key (as large as SETUP), then the result
+    assert rep.bytes_received["server"] == setup + 3 * header + uploads + reply
     assert 0 < reply < 500
-    assert rep.bytes_sent["server"] == 3 * announce + rep.bytes_received["keyholder"]
-
-
-def test_keyholder_is_reused_while_parameters_fit():
-    agg = CKKS(seed=0)
-    agg.aggregate([torch.randn(10) for _ in range(3)])
-    first = agg._keyholder
-    agg.aggregate([torch.randn(10) for _ in range(3)])
-    assert agg._keyholder is first
-    agg.aggregate([torch.randn(10) for _ in range(20)])  # more clients: more bits, new context
-    assert agg._keyholder is not first
+    opened = header + base.DIGEST_BYTES
+    assert rep.bytes_received["keyholder"] == opened + opened + 4 + sum(4 + rep.bytes_sent[f"client/{i}"] - header
+                                                                         for i in range(3))
+    assert rep.bytes_sent["server"] == 3 * (setup + header) + rep.bytes_received["keyholder"]
 
 
 def test_default_parameters_are_128_bit_and_documented():
@@ -193,172 +183,177 @@ def test_unfit_parameters_raise_config_error():
     assert Params.choose(4, layout, fixed).degree == 8192
 
 
-def test_server_and_client_contexts_hold_no_secret_key(parties):
+def test_parties_take_only_a_consistent_configuration():
+    """A party checks its own configuration: scheme, options, the key holder in the directory, its identity."""
+    from securefl import dp
+
+    ids = keys.create_identities(3, keyholder=True)
+    for options, match in [({"poly_modulus_degree": 1000}, "poly_modulus_degree"), ({"key_bits": 2048}, "unknown")]:
+        with pytest.raises(ConfigError, match=match):
+            CKKS.party(make_config("ckks", ids, torch.zeros(4), options=options), ids[PartyId.client(0)])
+    with pytest.raises(ConfigError, match="distributed noise"):
+        CKKS.party(make_config("ckks", ids, torch.zeros(4), dp=dp.DistributedGaussian(1.0, 1.0).to_dict()),
+                   ids[PartyId.client(0)])
+    with pytest.raises(ConfigError, match="scheme 'paillier'"):
+        CKKS.party(make_config("paillier", ids, torch.zeros(4)), ids[PartyId.client(0)])
+    without = {p: i for p, i in ids.items() if p != KEYHOLDER}
+    with pytest.raises(ConfigError, match="pins no key holder"):
+        CKKS.coordinator(make_config("ckks", without, torch.zeros(4)), SESSION, 1)
+    config = make_config("ckks", ids, torch.zeros(4))
+    with pytest.raises(ConfigError, match="another key-holder identity"):
+        CKKS.party(config, keys.Identity.generate(KEYHOLDER))
+    with pytest.raises(ConfigError, match="client/1: the directory pins another identity"):
+        CKKS.party(config, keys.Identity.generate(PartyId.client(1)))
+    with pytest.raises(ConfigError, match="parties are clients and the key holder"):
+        CKKS.party(config, keys.Identity.generate(PartyId.helper(1)))
+
+
+def test_only_the_keyholder_holds_a_secret_key(parties):
     p = parties
-    blob = upload_blob(p["uploads"][0])
-    for party in (p["server"], p["clients"][0]):
-        assert party._ctx.is_public() and not party._ctx.has_secret_key()
-        with pytest.raises(ValueError, match="Secret key"):
-            party._ctx.secret_key()  # nothing to build a SEAL Decryptor from
-        assert not hasattr(party, "_decryptor")
+    client, server = p["rnd"].client(0), p["rnd"].server()
+    assert not any(isinstance(v, (ts.Context, sealapi.Decryptor, sealapi.SecretKey)) for v in vars(client).values())
+    assert not any(isinstance(v, (ts.Context, SealIO)) for v in vars(server).values())  # the server holds no context
     # only the key holder decrypts, and it gives the client's values back, two per complex slot
-    kh = p["kh"]
+    kh, blob = p["kh"], upload_blob(p, p["rnd"].uploads[0])
     got = kh._io.decrypt(kh._decryptor, [kh._io.load(blob, p["params"], "test")], p["params"])
-    assert np.abs(got[:50] - p["ups"][0].numpy()).max() < 1e-4
+    assert np.abs(got[:50] - p["dep"].ups[0].numpy()).max() < 1e-4
     assert abs(got[50] - 1.0) < 1e-4 and np.abs(got[51:]).max() < 1e-4  # the weight slot, then zero padding
-    published = ts.context_from(_context_blob(p["announce"]))  # what travels: public key only
+    r = Channel(PartyId.client(0), SESSION, p["rnd"].number).read(p["rnd"].setups[PartyId.client(0)], Kind.CKKS_SETUP)
+    public, _ = base.read_key(r, p["dep"].policy, p["dep"].config.context(SESSION, p["rnd"].number))
+    published = ts.context_from(public)  # what travels: public key only
     assert published.is_public() and not published.has_secret_key() and not published.has_relin_keys()
 
 
-def _context_blob(announce: bytes) -> bytes:
-    r = wire.Reader(announce[:-64], 40, SESSION, 0)
-    r.u32()
-    for _ in range(r.u8()):
-        r.u8()
-    r.u8()
-    return r.blob(1 << 30)
+def test_roundtrip_through_parties():
+    dep = Deployment("ckks", n=3)
+    rnd = dep.open()
+    server = rnd.server()
+    request = server.step({PartyId.client(i): up for i, up in enumerate(rnd.uploads)})
+    assert server.step({KEYHOLDER: dep.keyholder.handle(request[KEYHOLDER])}) == {}
+    totals = server.result()
+    assert abs(totals.weight - 3) <= 3 * 2**-16 and totals.included == [0, 1, 2]
+    assert np.abs(totals.floats - sum(u.numpy().astype(np.float64) for u in dep.ups)).max() < 4 * 2**-16
 
 
-def test_roundtrip_through_parties(parties):
+def test_upload_before_setup_and_bad_weights_raise(parties):
+    rnd, dep = parties["rnd"], parties["dep"]
+    with pytest.raises(ProtocolError, match="client/0: asked for its upload in a round it has no key for"):
+        dep.client(0).handle(rnd.request_message(0), dep.update(0))
+    with pytest.raises(InputError, match="client 0: weight 1.5"):
+        rnd.client(0).handle(rnd.request_message(0), lambda: (dep.ups[0], 1.5))
+
+
+def test_foreign_session_and_misrouted_replies_are_refused(parties):
     p = parties
-    server = fresh_server(p)
-    for msg in p["uploads"]:
-        server.receive(msg)
-    reply = p["kh"].decrypt(server.aggregate(), p["params"], SESSION)
-    floats, _, weight = p["params"].fixed.decode(server.finish(reply), p["layout"])
-    assert abs(weight - 3) <= 3 * 2**-16
-    assert np.abs(floats - sum(u.numpy().astype(np.float64) for u in p["ups"])).max() < 4 * 2**-16
-
-
-def test_upload_before_setup_raises(parties):
-    p = parties
-    client = Client(0, p["flats"][0], 1.0, p["params"], p["layout"], p["kh"].verify_key, SESSION)
-    with pytest.raises(ProtocolError, match="before"):
-        client.upload()
-    with pytest.raises(InputError, match="weight"):
-        Client(0, p["flats"][0], 1.5, p["params"], p["layout"], p["kh"].verify_key, SESSION)
-
-
-def test_replayed_and_foreign_session_uploads_are_refused(parties):
-    p = parties
-    server = fresh_server(p)
-    server.receive(p["uploads"][0])
-    with pytest.raises(ProtocolError, match="repeated"):
-        server.receive(p["uploads"][0])
-    other = Server(p["params"], p["kh"].verify_key, bytes(16))
-    with pytest.raises(ProtocolError):
-        other.setup(p["announce"])  # the announcement is bound to its session
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pos=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255))
-def test_any_flipped_byte_in_an_upload_is_refused(parties, pos, flip):
-    msg = bytearray(parties["uploads"][1])
-    msg[int(pos * len(msg))] ^= flip
-    with pytest.raises(ProtocolError):
-        fresh_server(parties).receive(bytes(msg))
+    other = CKKS.coordinator(p["dep"].config, bytes(16), p["rnd"].number)
+    other.start()
+    with pytest.raises(ProtocolError, match="another session"):
+        other.step({KEYHOLDER: p["rnd"].key_reply})  # the key is bound to its session
+    assert "sent by client/0, expected client/1" in server_rejects(p, p["rnd"].uploads[0], as_client=1)
+    with pytest.raises(ProtocolError, match="not all of them asked"):
+        p["rnd"].server().step({PartyId.client(7): p["rnd"].uploads[0]})
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pos=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255), cut=st.booleans())
 def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip, cut):
-    """Bypassing the digest: the header check and SEAL refuse or accept, never crash."""
+    """Below the signature: the header check and SEAL refuse or accept, never crash."""
     p = parties
-    blob = bytearray(upload_blob(p["uploads"][2]))
+    blob = bytearray(upload_blob(p, p["rnd"].uploads[2]))
     i = int(pos * len(blob))
     blob = blob[:i] if cut else blob
     if not cut:
         blob[i] ^= flip
     try:
-        p["server"]._io.load(bytes(blob), p["params"], "test")
+        p["kh"]._io.load(bytes(blob), p["params"], "test")
     except ProtocolError:
         pass
 
 
-def _reupload(p, blob: bytes, sender: int = 0, fingerprint: bytes | None = None, copies: int = 1):
-    w = wire.Writer(KIND_UPLOAD, SESSION, 0, sender).raw(fingerprint or p["server"]._fingerprint).u32(copies)
-    for _ in range(copies):
-        w.blob(blob)
-    return with_digest(w.finish())
-
-
-def test_structural_faults_with_valid_digest_are_refused(parties):
+def test_structural_faults_are_refused_by_the_server(parties):
     p = parties
-    blob = upload_blob(p["uploads"][0])
+    blob = upload_blob(p, p["rnd"].uploads[0])
     cases = {
-        "another context": _reupload(p, blob, fingerprint=bytes(32)),
-        "number of ciphertexts": _reupload(p, blob, copies=2),
-        "unexpected": _reupload(p, blob, sender=7),
-        "truncated": _reupload(p, blob[: len(blob) // 2]),
-        "padded": _reupload(p, blob + b"\x28\x01"),  # trailing bytes
-        "header": _reupload(p, b"\0" * 16 + blob[16:]),
+        "another key": signed_upload(p, [blob], fingerprint=bytes(32)),
+        "number of ciphertexts": signed_upload(p, [blob, blob]),
+        "sent by client/7": signed_upload(p, [blob], sender=7),
+        "truncated": signed_upload(p, [blob[: len(blob) // 2]]),
+        "padded": signed_upload(p, [blob + b"\x28\x01"]),  # trailing bytes
+        "header": signed_upload(p, [b"\0" * 16 + blob[16:]]),
     }
     for match, msg in cases.items():
-        with pytest.raises(ProtocolError, match=match):
-            fresh_server(p).receive(msg)
-    # a ciphertext under other parameters (N = 8192): refused by the decoder or SEAL
+        assert match in server_rejects(p, msg) and server_rejects(p, msg).startswith("server: ")
+
+
+def test_ciphertexts_seal_refuses_are_refused_by_the_keyholder_naming_the_client(parties):
+    """The server checks SEAL headers only; a signed ciphertext SEAL cannot load (other parameters, or a body of
+    garbage under a valid header) is refused by the key holder, which names its client."""
+    p = parties
     big = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 20])
     alien = encrypt_one(big, np.zeros(8192), dataclasses.replace(p["params"], degree=8192, coeff_bits=(40, 20)))
-    with pytest.raises(ProtocolError):
-        fresh_server(p).receive(_reupload(p, alien))
+    blob = upload_blob(p, p["rnd"].uploads[0])
+    garbage = blob[:16] + bytes(len(blob) - 16)
+    assert "exceeds limit" in server_rejects(p, signed_upload(p, [alien]))  # larger than this round's ciphertexts
+    for bad, match in ((alien, "exceeds limit"), (garbage, "client/0: .*ciphertext")):  # whatever a server forwards
+        with pytest.raises(ProtocolError, match=f"keyholder: .*{match}"):
+            p["kh"].handle(p["rnd"].forged_request([signed_upload(p, [bad]), p["rnd"].uploads[1]]))
+    server = p["rnd"].server()
+    server.step({PartyId.client(0): signed_upload(p, [garbage]), PartyId.client(1): p["rnd"].uploads[1]})
+    assert server.included == [0, 1]  # a valid SEAL header of the round's size: the server forwards it
 
 
-def test_client_under_a_foreign_key_holder_is_refused(parties):
+def test_upload_under_another_key_is_refused(parties):
     p = parties
-    other = KeyHolder(p["params"])
-    client = Client(0, p["flats"][0], 1.0, p["params"], p["layout"], other.verify_key, SESSION)
-    client.setup(other.announce(SESSION))
-    with pytest.raises(ProtocolError, match="another context"):
-        fresh_server(p).receive(client.upload())
+    dep = p["dep"]
+    other = KeyHolder(dep.config, dep.identities[KEYHOLDER])  # the same identity, another key pair
+    client = p["rnd"].client(0)
+    client._take_key(other.public)  # a client that encrypts under another key, and says so
+    client._key = base.digest(other.public)
+    assert "upload of client/0: encrypted under another key" in server_rejects(p, p["rnd"].upload(0, client))
 
 
 def test_swapped_or_tampered_context_is_refused(parties):
     p = parties
-    other = KeyHolder(p["params"])
-    client = Client(0, p["flats"][0], 1.0, p["params"], p["layout"], p["kh"].verify_key, SESSION)
-    with pytest.raises(ProtocolError, match="signature"):
-        client.setup(other.announce(SESSION))  # a server swapping in a key of its own
-    bad = bytearray(p["announce"])
+    dep, rnd = p["dep"], p["rnd"]
+    bad = bytearray(rnd.setups[PartyId.client(0)])
     bad[len(bad) // 2] ^= 1
-    with pytest.raises(ProtocolError, match="signature"):
-        client.setup(bytes(bad))
-    leaky = KeyHolder(p["params"])
-    leaky._public = leaky._ctx.serialize(save_secret_key=True)  # a key holder leaking its secret key
-    client = Client(0, p["flats"][0], 1.0, p["params"], p["layout"], leaky.verify_key, SESSION)
+    with pytest.raises(ProtocolError, match="client/0: key holder's key: invalid signature"):
+        rnd.client(0, setup=bytes(bad))
+    leaky = KeyHolder(dep.config, dep.identities[KEYHOLDER])
+    leaky.public = leaky._ctx.serialize(save_secret_key=True)  # the pinned key holder leaking its secret key
+    key = leaky.handle(Channel(SERVER, SESSION, rnd.number).write(Kind.CKKS_OPEN, KEYHOLDER)
+                       .raw(dep.config.fingerprint).finish())
+    server = CKKS.coordinator(dep.config, SESSION, rnd.number)
+    server.start()
+    setup = server.step({KEYHOLDER: key})[PartyId.client(0)]
     with pytest.raises(ProtocolError, match="no secret key"):
-        client.setup(leaky.announce(SESSION))
+        rnd.client(0, setup=setup)
 
 
-def test_keyholder_refuses_bad_aggregates(parties):
-    p = parties
-    server = fresh_server(p)
-    server.receive(p["uploads"][0])
-    agg = server.aggregate()
-    bad = bytearray(agg)
-    bad[-DIGEST_BYTES - 5] ^= 1
-    with pytest.raises(ProtocolError, match="digest"):
-        p["kh"].decrypt(bytes(bad), p["params"], SESSION)
-    body = check_digest(agg, "t")
-    r = wire.Reader(body, KIND_AGGREGATE, SESSION, 0)
-    fp, _, chunks, blob = r.raw(32), r.u32(), r.u32(), r.blob(1 << 30)
-    for count in (0, 4):  # no client, more clients than the round has
-        msg = wire.Writer(KIND_AGGREGATE, SESSION, 0, SERVER_ID).raw(fp).u32(count).u32(chunks).blob(blob).finish()
-        with pytest.raises(ProtocolError, match="not possible"):
-            p["kh"].decrypt(with_digest(msg), p["params"], SESSION)
-    # a sum out of range for one client: refused, not rounded into a wrong result
-    values = np.zeros(p["params"].per_ciphertext)
-    values[0] = 9.0 * 2  # beyond clip for count = 1
-    huge = encrypt_one(p["kh"]._ctx, values, p["params"])
-    msg = wire.Writer(KIND_AGGREGATE, SESSION, 0, SERVER_ID).raw(fp).u32(1).u32(chunks).blob(huge).finish()
-    with pytest.raises(ProtocolError, match="out of range"):
-        p["kh"].decrypt(with_digest(msg), p["params"], SESSION)
+def test_keyholder_refuses_counts_outside_its_policy(parties):
+    rnd = parties["rnd"]
+    for uploads in ([], rnd.uploads[:1], rnd.uploads * 2):  # min_clients is 2 of 3
+        with pytest.raises(ProtocolError, match="keyholder: .*a sum of"):
+            parties["kh"].handle(rnd.forged_request(uploads))
 
 
-def test_server_refuses_tampered_or_forged_result(parties):
-    p = parties
-    server = fresh_server(p)
-    server.receive(p["uploads"][0])
-    reply = bytearray(p["kh"].decrypt(server.aggregate(), p["params"], SESSION))
-    reply[40] ^= 1
-    with pytest.raises(ProtocolError, match="signature"):
-        server.finish(bytes(reply))
+def test_a_deployment_round_from_identity_files_and_round_config(tmp_path):
+    """Identities, the pinned directory and the RoundConfig as a deployment keeps them (files); every party built
+    from its own copy; one round through the protocol's plain loop."""
+    ids = keys.create_identities(clients=3, keyholder=True)
+    directory = keys.save_federation(ids, tmp_path)
+    ups = [torch.randn(20, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    RoundConfig(scheme="ckks", directory=directory, model=ModelSpec.of(ups[0]), min_clients=3).save(
+        tmp_path / "round.json")
+    config = RoundConfig.load(tmp_path / "round.json")
+    load = keys.Identity.load
+    parties = {p: CKKS.party(config, load(keys.identity_path(tmp_path, p))) for p in ids}
+    server = CKKS.coordinator(config, SESSION, 7)
+    assert isinstance(server, Server) and isinstance(parties[KEYHOLDER], KeyHolder)
+    assert isinstance(parties[PartyId.client(0)], Client)
+    outbox = server.start()
+    while outbox:
+        outbox = server.step({p: parties[p].handle(m, lambda p=p: (ups[p.index], 1.0)) for p, m in outbox.items()})
+    totals = server.result()
+    assert totals.params["min_clients"] == 3 and abs(totals.weight - 3) < 1e-4
+    assert np.abs(totals.floats - sum(u.double().numpy() for u in ups)).max() < 1e-4

@@ -11,8 +11,8 @@ import pytest
 from scipy.stats import binom
 
 from securefl.errors import ConfigError
-from securefl.mpc import graph
-from securefl.mpc.graph import Graph, choose_parameters
+from securefl.mpc.secagg import graph
+from securefl.mpc.secagg.graph import Graph, choose_parameters
 
 
 def _connected(nbrs: np.ndarray, alive: np.ndarray) -> bool:
@@ -41,12 +41,19 @@ def test_harary_graph_is_regular_symmetric_and_connected(n, k):
     assert g.holders(3).tolist() == sorted([*g.neighbors(3).tolist(), 3])
 
 
-def test_graph_is_a_function_of_seed_and_session():
-    seed, session = os.urandom(32), os.urandom(16)
-    a, b = Graph(40, 6, seed, session), Graph(40, 6, seed, session)
-    assert np.array_equal(a.nbrs, b.nbrs)
-    assert not np.array_equal(a.nbrs, Graph(40, 6, os.urandom(32), session).nbrs)
-    assert not np.array_equal(a.nbrs, Graph(40, 6, seed, os.urandom(16)).nbrs)
+def test_graph_is_a_function_of_seed_and_binding():
+    seed, binding = os.urandom(32), os.urandom(32)
+    a, b = Graph(40, 6, seed, binding), Graph(40, 6, seed, binding)
+    assert np.array_equal(a.nbrs, b.nbrs) and a.digest == b.digest
+    for other in (Graph(40, 6, os.urandom(32), binding), Graph(40, 6, seed, os.urandom(32))):
+        assert not np.array_equal(a.nbrs, other.nbrs) and a.digest != other.digest
+    assert Graph(40, 8, seed, binding).digest != a.digest
+
+
+def test_complete_graph_digest_names_only_n():
+    """Every seed gives the same complete graph: its digest (bound into every setup) depends on n alone."""
+    a, b = Graph(7, 6, os.urandom(32), os.urandom(32)), Graph(7, 9, os.urandom(32), os.urandom(32))
+    assert a.digest == b.digest != Graph(8, 7, os.urandom(32), os.urandom(32)).digest
 
 
 @pytest.mark.parametrize("n,k", [(5, 4), (5, 9), (1, 0)])

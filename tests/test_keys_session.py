@@ -62,16 +62,19 @@ def test_directory_refuses_gaps_duplicates_and_bad_files():
     a, b = Identity.generate("client/0"), Identity.generate("client/2")
     with pytest.raises(ConfigError, match="without gaps"):
         Directory.of([a, b])
-    with pytest.raises(ConfigError, match="share one public key"):
-        Directory({PartyId.client(0): a.public_key, PartyId.client(1): a.public_key})
+    with pytest.raises(ConfigError, match="share a public key"):
+        Directory({PartyId.client(0): (a.public_key, a.agreement_key), PartyId.client(1): (b.public_key,
+                                                                                            a.agreement_key)})
     with pytest.raises(ConfigError):
-        Directory({"server": a.public_key})
+        Directory({"server": (a.public_key, a.agreement_key)})
+    with pytest.raises(ConfigError):
+        Directory({"client/0": (a.public_key, b"\0" * 31)})
     with pytest.raises(ConfigError):
         Directory.from_json('{"format": "other"}')
     with pytest.raises(ConfigError):
         Directory.from_json("not json")
     with pytest.raises(ConfigError):
-        Directory.from_dict({"format": "securefl-directory/1", "parties": {"client/0": "@@@"}})
+        Directory.from_dict({"format": "securefl-directory/2", "parties": {"client/0": {"sign": "@@@", "agree": ""}}})
 
 
 def _config(**kw) -> RoundConfig:
@@ -87,7 +90,8 @@ def test_round_config_round_trips_and_fingerprints_every_field(tmp_path):
     assert back == cfg and back.fingerprint == cfg.fingerprint and back.n == 3
     layout = back.model.layout()
     ref = SmallNet().state_dict()
-    assert layout.keys == tuple(ref) and layout.float_size == sum(v.numel() for v in ref.values() if v.is_floating_point())
+    floats = sum(v.numel() for v in ref.values() if v.is_floating_point())
+    assert layout.keys == tuple(ref) and layout.float_size == floats
     d = cfg.to_dict()
     for key, value in [("clip", 4.0), ("frac_bits", 12), ("options", {"threshold": 0.7}), ("min_clients", 2),
                        ("weight_bound", 3.0)]:
@@ -140,3 +144,15 @@ def test_keyholder_entry_and_roles():
     d = Directory.of(ids.values())
     assert d.public_key(KEYHOLDER) == ids[KEYHOLDER].public_key
     assert [p.role for p in d] == [Role.CLIENT, Role.CLIENT, Role.KEYHOLDER]
+
+
+def test_pairwise_keys_agree_only_between_the_two_parties():
+    ids = keys.create_identities(clients=2, helpers=1)
+    d = Directory.of(ids.values())
+    c0, c1, h1 = ids[PartyId.client(0)], ids[PartyId.client(1)], ids[PartyId.helper(1)]
+    k = c0.pairwise_key(h1.party, d.agreement_key(h1.party), b"test")
+    assert k == h1.pairwise_key(c0.party, d.agreement_key(c0.party), b"test")
+    assert k != c1.pairwise_key(h1.party, d.agreement_key(h1.party), b"test")
+    assert k != c0.pairwise_key(h1.party, d.agreement_key(h1.party), b"other")
+    restored = Identity.from_pem(c0.to_pem())
+    assert restored.pairwise_key(h1.party, d.agreement_key(h1.party), b"test") == k

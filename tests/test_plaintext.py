@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import securefl
-from securefl import wire
-from securefl.codec import FixedPoint
+from securefl import keys, wire
 from securefl.errors import DropoutError, InputError, ProtocolError, StructureError
-from securefl.plaintext import KIND_UPLOAD, Server
+from securefl.keys import Directory
+from securefl.plaintext import Client, Server
+from securefl.session import ModelSpec, RoundConfig, new_session
+from securefl.wire import SERVER, Channel, Kind, PartyId
 from tests.conftest import STRUCTURES
 from tests.reference import assert_close
 
@@ -116,7 +118,7 @@ def test_report_counts_bytes_and_serialises(updates):
     assert rep.scheme == "plaintext" and rep.clients == 6 and rep.survivors == list(range(6))
     assert rep.bytes_received["server"] == sum(rep.bytes_sent[f"client/{i}"] for i in range(6))
     n_values = sum(v.numel() for v in updates[0].values()) + 1
-    assert rep.bytes_sent["client/0"] == wire.HEADER_SIZE + 9 + 4 * n_values  # 32-bit ring
+    assert rep.bytes_sent["client/0"] == wire.PARTY_HEADER_SIZE + 9 + 4 * n_values  # 32-bit ring
     assert set(rep.seconds) == {"upload", "decode"}
     assert rep.params["ring_bits"] == 32
     json.dumps(rep.to_dict())
@@ -131,54 +133,81 @@ def test_ring_widens_to_64_bits_when_needed():
 
 # --- the server's decoder ---------------------------------------------------------------------
 
-SESSION = bytes(16)
+
+def _round(n=3):
+    ids = keys.create_identities(n)
+    config = RoundConfig("plaintext", Directory.of(ids.values()), ModelSpec.of(torch.zeros(3)), clip=1.0, frac_bits=8,
+                         int_bound=0)
+    server = Server(config, new_session(), 1)
+    return config, ids, server, server.start()
 
 
-def _server(length=4):
-    return Server(FixedPoint.choose(3, clip=1.0, frac_bits=8, int_bound=0), length, 3, SESSION)
+def _upload(server, sender=0, kind=Kind.PLAIN_UPLOAD, round_=None, session=None, to=SERVER, n=4, dtype=np.uint32):
+    ch = Channel(PartyId.client(sender), session or server._ch.session, server._ch.round if round_ is None else round_)
+    return ch.write(kind, to).array(np.arange(n, dtype=dtype)).finish()
 
 
-def _upload(sender=0, kind=KIND_UPLOAD, session=SESSION, round_=0, n=4, dtype=np.uint32):
-    return wire.Writer(kind, session, round_, sender).array(np.arange(n, dtype=dtype)).finish()
+MALFORMED = {
+    "truncated": lambda s: _upload(s)[:-1],
+    "header only": lambda s: _upload(s)[:5],
+    "trailing": lambda s: _upload(s) + b"\x00",
+    "kind": lambda s: _upload(s, kind=Kind.PLAIN_REQUEST),
+    "round": lambda s: _upload(s, round_=2),
+    "session": lambda s: _upload(s, session=b"\x01" * 16),
+    "length": lambda s: _upload(s, n=5),
+    "dtype": lambda s: _upload(s, dtype=np.uint64),
+    "sender": lambda s: _upload(s, sender=2),
+    "receiver": lambda s: _upload(s, to=PartyId.client(1)),
+    "magic": lambda s: b"XX" + _upload(s)[2:],
+    "version": lambda s: _upload(s)[:2] + b"\x09" + _upload(s)[3:],
+}
 
 
-@pytest.mark.parametrize(
-    "msg",
-    [
-        _upload()[:-1],
-        _upload()[:5],
-        _upload() + b"\x00",
-        _upload(kind=2),
-        _upload(round_=1),
-        _upload(session=b"\x01" * 16),
-        _upload(n=5),
-        _upload(dtype=np.uint64),
-        _upload(sender=7),
-        b"XX" + _upload()[2:],
-        _upload()[:2] + b"\x09" + _upload()[3:],
-    ],
-)
-def test_malformed_uploads_raise_protocol_error(msg):
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_uploads_raise_protocol_error(name):
+    _, _, server, _ = _round()
     with pytest.raises(ProtocolError):
-        _server().receive(msg)
+        server.step({PartyId.client(0): MALFORMED[name](server)})
 
 
-def test_repeated_upload_refused():
-    s = _server()
-    s.receive(_upload())
-    with pytest.raises(ProtocolError, match="repeated"):
-        s.receive(_upload())
+def test_replies_after_the_round_and_from_strangers_are_refused():
+    _, _, server, _ = _round()
+    with pytest.raises(ProtocolError, match="not asked"):
+        server.step({PartyId.client(7): _upload(server, sender=7)})
+    server.step({PartyId.client(0): _upload(server)})
+    with pytest.raises(ProtocolError, match="finished"):
+        server.step({PartyId.client(1): _upload(server, sender=1)})
+
+
+def test_client_refuses_replayed_rounds_and_foreign_configurations():
+    config, ids, server, requests = _round()
+    client = Client(config, ids[PartyId.client(0)])
+    msg = requests[PartyId.client(0)]
+    client.handle(msg, lambda: (torch.ones(3), 1.0))
+    with pytest.raises(ProtocolError, match="not after round"):
+        client.handle(msg, lambda: (torch.ones(3), 1.0))
+    restored = Client(config, ids[PartyId.client(0)], client.state_dict())
+    with pytest.raises(ProtocolError, match="not after round"):
+        restored.handle(msg, lambda: (torch.ones(3), 1.0))
+    other = RoundConfig("plaintext", config.directory, config.model, clip=2.0)
+    foreign = Server(other, new_session(), 1).start()[PartyId.client(0)]
+    with pytest.raises(ProtocolError, match="another round configuration"):
+        client.handle(foreign, lambda: (torch.ones(3), 1.0))
+    with pytest.raises(ProtocolError, match="addressed to client/1"):
+        client.handle(Server(config, new_session(), 1).start()[PartyId.client(1)], lambda: (torch.ones(3), 1.0))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=120), st.integers(0, 119), st.integers(0, 255))
 def test_decoder_never_fails_otherwise(junk, pos, byte):
     """Random bytes, and single-byte corruptions of a valid upload, never raise anything but ProtocolError."""
-    msg = bytearray(_upload())
+    _, _, server, _ = _round()
+    msg = bytearray(_upload(server))
     if pos < len(msg):
         msg[pos] = byte
     for data in (junk, bytes(msg)):
+        _, _, server, _ = _round()
         try:
-            _server().receive(data)
+            server.step({PartyId.client(0): data})
         except ProtocolError:
             pass

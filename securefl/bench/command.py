@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from securefl.bench import harness, output
+from securefl.bench import config as presets
 
 TABLE_WIDTH = 165  # the tables are printed at least this wide (piped output included), so no column is cut
 DESCRIPTION = """\
@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-def config_from(args: argparse.Namespace) -> harness.Config:
+def config_from(args: argparse.Namespace) -> presets.Config:
     """The preset (--quick or full) with the options given on the command line."""
     if args.repeats is not None and args.repeats < 1:
         raise argparse.ArgumentTypeError("--repeats must be >= 1")
@@ -82,7 +82,7 @@ def config_from(args: argparse.Namespace) -> harness.Config:
     if bad:
         raise argparse.ArgumentTypeError(f"unknown DP mechanism {bad[0]!r}; choose distributed or central")
     ns, ms = (tuple(sorted(v)) if v else None for v in (args.n, args.m))
-    return harness.preset(
+    return presets.preset(
         args.quick, ns=ns, ms=ms, dropouts=args.dropout, schemes=args.schemes,
         base_n=ns[len(ns) // 2] if ns else None, base_m=ms[len(ms) // 2] if ms else None,
         base_dropout=args.dropout[0] if args.dropout else None, scaling_ns=args.scaling_n,
@@ -92,6 +92,8 @@ def config_from(args: argparse.Namespace) -> harness.Config:
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from securefl.bench import harness, output
+
     try:
         config = config_from(args)
     except argparse.ArgumentTypeError as e:

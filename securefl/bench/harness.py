@@ -18,56 +18,15 @@ import inspect
 import json
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-
-import numpy as np
-import torch
+from dataclasses import asdict, dataclass, field
 
 from securefl import schemes
 from securefl.aggregator import Aggregator
-from securefl.bench import floors, memory
+from securefl.bench import floors, memory, output, peers
+from securefl.bench.config import Config, Progress
+from securefl.bench.workload import dropped_clients, make_updates
 from securefl.errors import InputError
 from securefl.report import Report
-
-Progress = Callable[[int, str], None]  # (units done since the last call, what runs now)
-
-
-@dataclass(frozen=True)
-class Config:
-    """What one benchmark run measures. The base point is (base_n, base_m, base_dropout)."""
-
-    ns: tuple[int, ...]
-    ms: tuple[int, ...]
-    dropouts: tuple[float, ...]
-    base_n: int
-    base_m: int
-    base_dropout: float = 0.0
-    schemes: tuple[str, ...] = ()  # empty: every registered scheme
-    repeats: int = 3
-    dp_mechanisms: tuple[str, ...] = ("distributed", "central")  # DistributedGaussian, GaussianMechanism
-    dp_noise_multiplier: float = 1.0
-    dp_clip: float = 1.0
-    scaling_ns: tuple[int, ...] = ()
-    scaling_m: int = 1_000
-    cell_budget_s: float = 60.0  # a cell gets repeats rounds, or fewer (at least one) to fit this
-    run_budget_s: float | None = None  # cells not started by then are skipped
-    seed: int = 0
-    peers: bool = True
-    quick: bool = False
-
-
-QUICK = Config(ns=(4, 8, 16), ms=(100, 1_000, 10_000), dropouts=(0.0, 0.25), base_n=8, base_m=1_000,
-               repeats=3, scaling_ns=(50, 100, 200), scaling_m=100, cell_budget_s=10.0, run_budget_s=140.0,
-               quick=True)
-FULL = Config(ns=(10, 50, 100), ms=(1_000, 10_000, 100_000), dropouts=(0.0, 0.1),
-              base_n=100, base_m=100_000, repeats=3, scaling_ns=(100, 300, 1_000), scaling_m=10_000,
-              cell_budget_s=300.0)
-
-
-def preset(quick: bool, **overrides: object) -> Config:
-    """The quick or full configuration with some fields replaced (None values are ignored)."""
-    return replace(QUICK if quick else FULL, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def supports_dp() -> bool:
@@ -123,18 +82,6 @@ def plan(config: Config, names: list[str]) -> list[Point]:
         for n in c.scaling_ns:
             add(n, c.scaling_m, c.base_dropout, None, "scaling", ["plaintext", *scaled])
     return sorted(points.values(), key=lambda p: (p.n * p.m, p.n, p.dropout, p.dp or ""))
-
-
-def make_updates(n: int, m: int, seed: int) -> list[torch.Tensor]:
-    """n float32 updates of m values, the same for every scheme at a point."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(m, generator=g) * 0.05 for _ in range(n)]
-
-
-def dropped_clients(n: int, rate: float, seed: int) -> list[int]:
-    """round(rate x n) clients that vanish before uploading (simulation randomness), the same for every scheme."""
-    k = min(n - 1, round(rate * n))
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(n, k, replace=False)) if k > 0 else []
 
 
 def summarize(report: Report, wall: float, peak: int | None) -> dict:
@@ -258,7 +205,9 @@ def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress
             continue
         tick(0, f"{name} n={point.n} m={point.m} warm-up")
         try:
-            options = {"dp": make_mechanism(config, point.dp)} if point.dp else {}
+            options = schemes.dropout_options(name, point.dropout)
+            if point.dp:
+                options["dp"] = make_mechanism(config, point.dp)
             agg = schemes.make(name, seed=config.seed, **options)
             t0 = time.perf_counter()
             agg.aggregate(updates, dropped=dropped)
@@ -337,9 +286,6 @@ def scheme_names(config: Config) -> list[str]:
 
 def run(config: Config, progress: Progress | None = None) -> dict:
     """Measure the whole matrix, the hardware floor and the peers; return everything as one JSON-able dict."""
-    from securefl.bench import output
-    from securefl.bench import peers as peer_lines
-
     tick = progress or (lambda _units, _what: None)
     t_start = time.perf_counter()
     names = scheme_names(config)
@@ -352,7 +298,7 @@ def run(config: Config, progress: Progress | None = None) -> dict:
     for point in points:
         cells.extend(_measure_point(point, config, est, tick, deadline))
     add_floors(cells, hw)
-    peers = peer_lines.run_all(config, cells, tick) if config.peers else []
+    peer_lines = peers.run_all(config, cells, tick) if config.peers else []
     return {
         "machine": output.machine(),
         "config": _jsonable(asdict(config)) | {"schemes": names, "dp_supported": supports_dp()},
@@ -360,14 +306,12 @@ def run(config: Config, progress: Progress | None = None) -> dict:
         "memory_method": memory.METHOD if memory.available() else "unavailable (no writable /proc/self/clear_refs)",
         "cells": cells,
         "first_call_s": first_calls(cells),
-        "peers": peers,
+        "peers": peer_lines,
         "wall_s": time.perf_counter() - t_start,
     }
 
 
 def total_units(config: Config) -> int:
     """Progress units of a run (one per round of each cell, plus the peers)."""
-    from securefl.bench import peers as peer_lines
-
     cells = sum(len(p.schemes) for p in plan(config, scheme_names(config)))
-    return cells * (config.repeats + 1) + (len(peer_lines.PEERS) if config.peers else 0)
+    return cells * (config.repeats + 1) + (len(peers.PEERS) if config.peers else 0)

@@ -8,6 +8,7 @@ power-of-two ring the words are uniform with no rejection step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,3 +86,15 @@ class Expander:
         """acc -= PRG(key) mod 2^b, in place."""
         self.apply(acc, sub=(key,))
 
+
+
+class SecureUniform:
+    """Uniform floats in [0, 1) from an AES-CTR keystream under a fresh os.urandom key per call.
+
+    Offers numpy Generator's `random(size)`, so code that takes a generator (the codec's stochastic
+    rounding) draws from the OS CSPRNG instead of a seeded simulation generator.
+    """
+
+    def random(self, size: int) -> np.ndarray:
+        words = Expander(max(int(size), 1), np.uint64).expand(os.urandom(SEED_BYTES))[:size]
+        return (words >> np.uint64(11)) * 2.0**-53

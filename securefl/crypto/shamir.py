@@ -47,11 +47,19 @@ def secrets_to_elements(secrets: list[bytes]) -> np.ndarray:
     return words.view("<u8").reshape(len(secrets), ELEMS).astype(np.uint64)
 
 
+_LIMITS = np.array([1 << 56] * (ELEMS - 1) + [1 << 32], np.uint64)
+
+
+def valid_secrets(elems: np.ndarray) -> np.ndarray:
+    """Per row of (count, ELEMS) reconstructed elements: whether it encodes a 32-byte secret (every
+    element within its chunk's range); False means the shares were inconsistent."""
+    return (np.asarray(elems, np.uint64).reshape(-1, ELEMS) < _LIMITS).all(axis=1)
+
+
 def elements_to_secrets(elems: np.ndarray, who: str = "shamir") -> list[bytes]:
     """Inverse of secrets_to_elements; elements out of a chunk's range mean inconsistent shares."""
     elems = np.ascontiguousarray(elems, dtype="<u8").reshape(-1, ELEMS)
-    limits = np.array([1 << 56] * (ELEMS - 1) + [1 << 32], np.uint64)
-    if (elems >= limits).any():
+    if not valid_secrets(elems).all():
         raise ProtocolError(f"{who}: reconstructed value is not a secret (inconsistent shares)")
     raw = elems.view(np.uint8).reshape(-1, ELEMS, 8)[:, :, :_CHUNK].reshape(-1, ELEMS * _CHUNK)
     return [bytes(r[:SECRET_BYTES]) for r in raw]

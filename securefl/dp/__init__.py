@@ -1,19 +1,25 @@
-"""Differential privacy for every aggregator (`dp=`): mechanisms, accounting and the privacy audit.
+"""Differential privacy for every aggregator (`dp=`): mechanisms, accounting, CSPRNG-fed exact noise, audit.
 
-GaussianMechanism (central noise, added by the party that decodes the sum) and DistributedGaussian
-(exact discrete Gaussian noise added by each client inside the ring, before masking or sharing);
-epsilon / noise_multiplier through dp-accounting. The audit lives in securefl.dp.audit.
+GaussianMechanism (central: the party that decodes the sum adds the noise) and DistributedGaussian
+(each client adds its share inside the integer ring, before masking or sharing) both add exact
+discrete Gaussian noise on the fixed-point grid from the OS CSPRNG (securefl.dp.sampler). A
+released round is a dp-accounting DpEvent; an Accountant (securefl.dp.accounting) composes them.
+epsilon / noise_multiplier give the same figures for planning. The audit lives in securefl.dp.audit.
 """
 
-from securefl.dp.accounting import epsilon, epsilon_of_rounds, noise_multiplier
-from securefl.dp.mechanisms import DistributedGaussian, GaussianMechanism, Mechanism, discrete_gaussian
+from securefl.dp.accounting import Accountant, epsilon, noise_multiplier
+from securefl.dp.mechanisms import DistributedGaussian, GaussianMechanism, Mechanism
+from securefl.dp.sampler import discrete_gaussian
+
+mechanism_from_dict = Mechanism.from_dict  # a round configuration's mechanism (its to_dict())
 
 __all__ = [
+    "Accountant",
     "DistributedGaussian",
     "GaussianMechanism",
     "Mechanism",
     "discrete_gaussian",
     "epsilon",
-    "epsilon_of_rounds",
+    "mechanism_from_dict",
     "noise_multiplier",
 ]

@@ -1,19 +1,22 @@
-"""Privacy audit: what each party of a configuration receives and can learn, an empirical epsilon
-lower bound (one-run audit), and a transcript indistinguishability check.
+"""Privacy audit: what each party of a configuration receives, the epsilon each really gets, an empirical
+epsilon lower bound (one-run audit), and a transcript distinguisher.
 
-1. privacy_report: runs a real simulated round, records every message (sender, receiver, wire
-   kind, size) and states per party kind what it received, what it could learn alone and with
-   whom it would have to collude, how many dropouts the round survives (measured), and (eps, delta).
+1. privacy_report: runs a real simulated round, records every message (sender, receiver, wire kind,
+   size) and states per party kind what it received, what it could learn alone and with whom it
+   would have to collude, how many dropouts the round survives (measured), and the epsilon of the
+   noise that party (or coalition) actually sees: a Plaintext server sees each update with only
+   its own client's noise share; a SecAgg server with its colluding clients sees sums carrying the
+   honest survivors' shares; a party that adds the central noise itself sees the exact sum (no DP
+   against it); observers of the released aggregate get the accountant's epsilon.
 2. one_run_audit: Steinke, Nasr and Jagielski (NeurIPS 2023): m canary clients, each included
    with probability 1/2, scored on the released sum; the number of correct membership guesses
    gives an epsilon lower bound at the chosen confidence.
-3. transcript_check: the chosen party's received bytes under two very different input sets are
-   compared with a chi-square test on byte frequencies.
+3. transcript_check (securefl.dp.transcript): a distinguisher on one party's view of two input
+   sets with the same aggregate, at chance for a scheme without a gross leak (it flags Plaintext).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -22,91 +25,85 @@ import numpy as np
 import torch
 from scipy import stats
 
-from securefl import wire
 from securefl.aggregator import Aggregator
+from securefl.dp.accounting import Accountant
+from securefl.dp.mechanisms import Mechanism
+from securefl.dp.recording import fresh_copy, record_round
+from securefl.dp.transcript import TranscriptCheck, transcript_check
 from securefl.errors import DropoutError
-from securefl.report import Result
-from securefl.simulation import Simulation
 
-
-@dataclass(frozen=True)
-class Message:
-    """One recorded message: who sent it to whom, its wire kind (-1 if it has no securefl header), its bytes."""
-
-    src: str
-    dst: str
-    kind: int
-    payload: bytes
-
-
-class RecordingSimulation(Simulation):
-    """A Simulation that also keeps every message it routes."""
-
-    def __init__(self, *args: object, **kwargs: object):
-        super().__init__(*args, **kwargs)
-        self.transcript: list[Message] = []
-
-    def send(self, src: str, dst: str, payload: bytes) -> bytes:
-        ok = len(payload) >= wire.HEADER_SIZE and payload[:2] == wire.MAGIC
-        self.transcript.append(Message(src, dst, payload[3] if ok else -1, bytes(payload)))
-        return super().send(src, dst, payload)
-
-
-def record_round(aggregator: Aggregator, updates: list, weights: list | None = None,
-                 dropped: object = None) -> tuple[Result, list[Message]]:
-    """Run one round on a copy of the aggregator (its DP budget untouched) and return (result, transcript)."""
-    agg = copy.deepcopy(aggregator)
-    if agg.dp is not None:
-        agg.dp.reset()
-    sims: list[RecordingSimulation] = []
-
-    class _Recorder(RecordingSimulation):
-        def __init__(self, *a: object, **k: object):
-            super().__init__(*a, **k)
-            sims.append(self)
-
-    agg.simulation_class = _Recorder
-    result = agg.aggregate(updates, weights=weights, dropped=dropped)
-    return result, sims[-1].transcript
+__all__ = ["AuditResult", "PartyView", "PrivacyReport", "TranscriptCheck", "View", "dropouts_tolerated",
+           "epsilon_lower_bound", "one_run_audit", "p_value", "party_epsilon", "privacy_report", "transcript_check"]
 
 
 def _kind(party: str) -> str:
     return party.split("/")[0]
 
 
-def _roles(scheme: str, params: dict, n: int) -> dict[str, tuple[str, str]]:
-    """Per party kind: (what it learns alone, the coalition that would expose one client's update)."""
+# What a party sees of the updates: "updates" (each one, with its own client noise share only), "sum" (the sum
+# before any release noise; `colluders` clients' shares known to it), "release" (the released noisy sum),
+# "shares" (uniformly random shares or ciphertexts: no plaintext at all).
+@dataclass(frozen=True)
+class View:
+    sees: str
+    colluders: int = 0
+
+
+def _roles(scheme: str, params: dict, n: int) -> dict[str, tuple[str, str, View]]:
+    """Per party kind (and coalition): (what it learns alone, the coalition that would expose one client's
+    update, what it sees of the updates)."""
     dp = " (with DP noise)" if "dp" in params else ""
     if scheme == "plaintext":
-        return {"server": ("every client's update in the clear", "none needed"),
-                "client": ("its own update only", "the server alone sees every update")}
+        return {"server": ("every client's update in the clear", "none needed", View("updates")),
+                "client": ("its own update only", "the server alone sees every update", View("shares"))}
     if scheme == "additive":
         k = params.get("num_aggregators", "K")
         return {"leader": (f"the aggregate{dp}; each client's vector is masked by K-1 uniform shares",
-                           f"all {k} aggregators (the leader and the {k}-1 helpers)"),
+                           f"all {k} aggregators (the leader and the {k}-1 helpers)", View("sum")),
                 "helper": ("uniformly random share expansions; sealed seeds it alone can open",
-                           f"all {k} aggregators"),
-                "client": ("its own update and the aggregators' public keys", f"all {k} aggregators")}
+                           f"all {k} aggregators", View("shares")),
+                f"all {k} aggregators": ("every client's update", "-", View("updates")),
+                "client": ("its own update and the aggregators' public keys", f"all {k} aggregators",
+                           View("shares"))}
     if scheme.startswith("secagg"):
-        t = params.get("threshold", "t")
+        c = int(params.get("colluders_needed", int(params.get("threshold", 1)) - 1))
         return {"server": (f"the aggregate{dp} and who survived; masked inputs look uniform",
-                           f"the server with {t} colluding clients (t = threshold), or a client's secrets"),
+                           f"the server with {c} colluding share holders of the target", View("sum")),
+                f"server + {c} colluding clients": (f"the sum of the honest survivors' updates{dp}", "-",
+                                                    View("sum", colluders=c)),
                 "client": ("its own update; others' public keys and shares encrypted to it",
-                           f"the server and {t} clients together")}
+                           f"the server and {c} share holders together", View("shares"))}
     if scheme in ("ckks", "paillier"):
         return {"server": ("ciphertexts only, then the decrypted aggregate" + dp,
-                           "the key holder (it decrypts whatever the server sends)"),
-                "keyholder": ("the aggregate it decrypts" + dp, "the server (to be sent a single ciphertext)"),
-                "client": ("its own update and the signed public key", "the server and the key holder")}
+                           "the key holder (it decrypts what it is sent)", View("release")),
+                "keyholder": ("the aggregate it decrypts (before the central noise it adds)",
+                              "the server (to be sent one client's ciphertext)", View("sum")),
+                "keyholder + server": ("every client's update", "-", View("updates")),
+                "client": ("its own update and the signed public key", "the server and the key holder",
+                           View("shares"))}
     return {}
+
+
+def party_epsilon(mech: Mechanism, view: View, *, frac_bits: int, survivors: int, min_survivors: int, dim: int,
+                  sampling_rate: float = 1.0) -> float | None:
+    """Epsilon at mech.delta of one round for a party with this view (None: it sees no plaintext;
+    inf: it sees an update or the sum without noise). A party that knows who took part gets q = 1."""
+    if view.sees == "shares":
+        return None
+    clients_noise = mech.client_variance(frac_bits, min_survivors) > 0
+    noisy = 1 if view.sees == "updates" else max(survivors - view.colluders, 0)
+    if view.sees != "release" and not clients_noise:
+        return math.inf  # only the release noise protects it, and it sees the value before that noise
+    acc = Accountant()
+    acc.step(mech.round_event(frac_bits=frac_bits, noisy_clients=noisy if clients_noise else survivors,
+                              min_survivors=min_survivors, dim=dim, sampling_rate=sampling_rate))
+    return acc.get_epsilon(mech.delta)
 
 
 def dropouts_tolerated(aggregator: Aggregator, updates: list, stage: str | None = None) -> int:
     """Largest number of clients that can vanish at `stage` (default: the input stage) with the round
     still succeeding, measured on real rounds (a failing round must raise DropoutError)."""
-    agg = copy.deepcopy(aggregator)
-    if agg.dp is not None:
-        agg.dp.reset()
+    agg = fresh_copy(aggregator)
     stage = stage or agg.input_stage
     tolerated = 0
     for j in range(1, len(updates)):
@@ -120,7 +117,7 @@ def dropouts_tolerated(aggregator: Aggregator, updates: list, stage: str | None 
 
 @dataclass
 class PartyView:
-    """What one kind of party received in the audited round and could learn."""
+    """What one kind of party (or coalition) received in the audited round, could learn, and its epsilon."""
 
     kind: str
     parties: int
@@ -128,6 +125,8 @@ class PartyView:
     messages: dict[str, list[int]]  # "from-kind:wire-kind" -> [count, total bytes]
     learns_alone: str
     collusion_needed: str
+    sees: str = "-"  # of the updates: "updates", "sum", "release", "shares" (see View) or "unknown"
+    epsilon: float | None = None  # one round, from the noise it sees; inf: none; None: sees no plaintext
 
 
 @dataclass
@@ -139,14 +138,16 @@ class PrivacyReport:
     clients: int
     dim: int
     dropouts_tolerated: int
-    epsilon: float | None
+    epsilon: float | None  # observers of the released aggregate (the accountant's, with client sampling)
     delta: float | None
-    epsilon_against_server: float | None
     dp: dict
     parties: list[PartyView] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for p in out["parties"]:  # strict JSON: no Infinity
+            p["epsilon"] = "inf" if p["epsilon"] is not None and math.isinf(p["epsilon"]) else p["epsilon"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -162,17 +163,29 @@ class PrivacyReport:
         if self.epsilon is None:
             lines.append("- differential privacy: none (the aggregate is released exactly)")
         else:
-            lines.append(f"- (epsilon, delta) per round: ({self.epsilon:.3f}, {self.delta:g}) for observers of the "
-                         f"released aggregate; ({self.epsilon_against_server:.3f}, {self.delta:g}) against the server "
-                         "(it knows who took part)")
+            lines.append(f"- (epsilon, delta) for observers of the released aggregate: ({self.epsilon:.3f}, "
+                         f"{self.delta:g}) per round; each party's own figure is in the table (one round; it "
+                         "knows who took part, so no sampling amplification)")
             lines.append(f"- mechanism: {self.dp}")
         lines += ["", "| party | count | bytes received | messages (from:kind = count x bytes) | learns alone | "
-                  "to learn one client's update needs |", "| --- | --- | --- | --- | --- | --- |"]
+                  "to learn one client's update needs | epsilon against it |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for p in self.parties:
             msgs = ", ".join(f"{k} = {c} x {b // max(c, 1)}" for k, (c, b) in sorted(p.messages.items()))
             lines.append(f"| {p.kind} | {p.parties} | {p.bytes_received} | {msgs or '-'} | {p.learns_alone} | "
-                         f"{p.collusion_needed} |")
+                         f"{p.collusion_needed} | {_fmt_eps(p, self.epsilon is not None)} |")
         return "\n".join(lines) + "\n"
+
+
+def _fmt_eps(p: PartyView, with_dp: bool) -> str:
+    if p.sees == "unknown":
+        return "not assessed"
+    if p.epsilon is None:
+        return "- (no plaintext)"
+    if math.isinf(p.epsilon):
+        what = {"updates": "each update", "sum": "the sum"}.get(p.sees, "the value")
+        return f"none: sees {what} without noise" if with_dp else "none (no DP)"
+    return f"{p.epsilon:.3f} (sees {'each update with its own noise share' if p.sees == 'updates' else p.sees})"
 
 
 def privacy_report(aggregator: Aggregator, *, clients: int = 6, dim: int = 256, seed: int = 0) -> PrivacyReport:
@@ -186,7 +199,7 @@ def privacy_report(aggregator: Aggregator, *, clients: int = 6, dim: int = 256, 
     names: dict[str, set[str]] = {}
     for m in transcript:
         kind = _kind(m.dst)
-        v = views.setdefault(kind, PartyView(kind, 0, 0, {}, *roles.get(kind, ("see the threat model", "-"))))
+        v = views.setdefault(kind, PartyView(kind, 0, 0, {}, *roles.get(kind, ("see the threat model", "-"))[:2]))
         names.setdefault(kind, set()).add(m.dst)
         key = f"{_kind(m.src)}:{m.kind}"
         c, b = v.messages.get(key, [0, 0])
@@ -194,19 +207,25 @@ def privacy_report(aggregator: Aggregator, *, clients: int = 6, dim: int = 256, 
         v.bytes_received += len(m.payload)
     for kind, v in views.items():
         v.parties = len(names[kind])
-    dp = aggregator.dp
-    eps_server = None
-    if dp is not None:
-        probe = copy.deepcopy(dp)
-        probe.reset()
-        probe.spend(rep.params["dp"]["effective_noise_multiplier"])
-        eps_server = probe.epsilon(sampling_rate=1.0)
+    for kind, (alone, needs, _) in roles.items():  # coalitions: no messages of their own
+        views.setdefault(kind, PartyView(kind, 0, 0, {}, alone, needs))
+    mech = aggregator.dp
+    for kind, v in views.items():
+        view = roles[kind][2] if kind in roles else View("unknown")
+        v.sees = view.sees
+        if view.sees == "unknown":
+            v.epsilon = None
+        elif mech is None:
+            v.epsilon = None if view.sees == "shares" else math.inf
+        else:
+            v.epsilon = party_epsilon(mech, view, frac_bits=aggregator.frac_bits, survivors=len(rep.survivors),
+                                      min_survivors=rep.params["dp"]["min_survivors"], dim=dim)
     return PrivacyReport(
         scheme=rep.scheme, threat_model=getattr(aggregator, "threat_model", "(not stated by the scheme)"),
         clients=clients, dim=dim,
         dropouts_tolerated=dropouts_tolerated(aggregator, updates),
-        epsilon=rep.epsilon, delta=rep.delta, epsilon_against_server=eps_server,
-        dp=rep.params.get("dp", {}), parties=sorted(views.values(), key=lambda p: p.kind),
+        epsilon=rep.epsilon, delta=rep.delta, dp=rep.params.get("dp", {}),
+        parties=sorted(views.values(), key=lambda p: p.kind),
     )
 
 
@@ -260,10 +279,8 @@ def one_run_audit(aggregator: Aggregator, *, canaries: int = 1000, guesses: int 
     the bound is large.
     """
     rng = np.random.default_rng(seed)
-    agg = copy.deepcopy(aggregator)
+    agg = fresh_copy(aggregator)
     agg.seed = seed
-    if agg.dp is not None:
-        agg.dp.reset()
     clip = agg.dp.clip if agg.dp is not None else 1.0
     delta = delta if delta is not None else (agg.dp.delta if agg.dp is not None else 1e-5)
     inside = rng.random(canaries) < 0.5
@@ -282,48 +299,10 @@ def one_run_audit(aggregator: Aggregator, *, canaries: int = 1000, guesses: int 
     guess_in, guess_out = order[canaries - k:], order[:k] if k else order[:0]
     correct = int(inside[guess_in].sum() + (~inside[guess_out]).sum())
     r = guess_in.size + guess_out.size
-    eps_acc = agg.dp.epsilon(sampling_rate=1.0) if agg.dp is not None else None
+    eps_acc = None
+    if agg.dp is not None:
+        info = result.report.params["dp"]
+        eps_acc = party_epsilon(agg.dp, View("release"), frac_bits=agg.frac_bits, survivors=info["noisy_survivors"],
+                                min_survivors=info["min_survivors"], dim=canaries)
     return AuditResult(canaries, int(members.size), r, correct, epsilon_lower_bound(canaries, r, correct, delta,
                        confidence), eps_acc, delta, confidence)
-
-
-@dataclass
-class TranscriptCheck:
-    """Chi-square comparison of one party's received bytes under two input sets."""
-
-    party: str
-    bytes_compared: int
-    statistic: float
-    p_value: float
-    alpha: float
-
-    @property
-    def indistinguishable(self) -> bool:
-        return self.p_value > self.alpha
-
-
-def _view(transcript: list[Message], party: str) -> np.ndarray:
-    body = [m.payload[wire.HEADER_SIZE:] if m.kind >= 0 else m.payload for m in transcript if m.dst == party]
-    return np.frombuffer(b"".join(body), np.uint8)
-
-
-def transcript_check(aggregator: Aggregator, *, clients: int = 6, dim: int = 2048, party: str | None = None,
-                     seed: int = 0, alpha: float = 1e-4) -> TranscriptCheck:
-    """Compare what `party` (default: the server, else the leader) receives when the
-    clients hold zeros versus large random values: a secure scheme's view must not tell them apart."""
-    rng = np.random.default_rng(seed)
-    clip = aggregator.clip
-    zeros = [torch.zeros(dim) for _ in range(clients)]
-    large = [torch.from_numpy(rng.uniform(0.5 * clip, clip, dim).astype(np.float32)) for _ in range(clients)]
-    _, ta = record_round(aggregator, zeros)
-    _, tb = record_round(aggregator, large)
-    if party is None:
-        seen = {m.dst for m in ta}
-        party = next((p for p in ("server", "leader") if p in seen), aggregator.output_party)
-    a, b = _view(ta, party), _view(tb, party)
-    if not a.size or not b.size:
-        raise ValueError(f"transcript check: {party!r} received nothing")
-    table = np.stack([np.bincount(a, minlength=256), np.bincount(b, minlength=256)])
-    table = table[:, table.sum(0) > 0]
-    stat, p, _, _ = stats.chi2_contingency(table)
-    return TranscriptCheck(party, int(a.size + b.size), float(stat), float(p), alpha)

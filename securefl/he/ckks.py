@@ -1,508 +1,149 @@
-"""CKKS aggregation with TenSEAL: the server adds ciphertexts it cannot decrypt; the key holder decrypts only the sum.
+"""CKKS aggregation with TenSEAL: clients encrypt under the key holder's public key; the key holder re-adds their
+signed uploads and decrypts one checked sum per round.
 
-Parameters are public and chosen per round from the number of clients n, the layout and the
-precision asked (frac_bits), at 128-bit security:
+The parties and their checks are securefl.he.base (client, key holder) and securefl.he.server (the
+server); CKKS supplies its parameters and SEAL objects (securefl.he.ckks_seal): the smallest 128-bit
+parameters for the configuration's n, layout and precision (or the option poly_modulus_degree),
+two reals per complex slot, and a key holder that never releases a raw CKKS decryption (it
+range-checks the sum and rounds it to the codec's grid with fresh secret randomness).
 
-* ring degree N: the smallest of 4096, 8192, 16384, 32768 whose bound in the homomorphic-encryption
-  standard's 128-bit table (SEAL's CoeffModulus.MaxBitCount(N, tc128): 109, 218, 438, 881 bits)
-  holds the coefficient modulus; SEAL refuses anything above it;
-* scale 2^s, s = frac_bits + log2(N) + 1: a fresh encryption's noise has a standard deviation of
-  about N/6 in scaled units (measured; taken as N/4 here), so 8 standard deviations stay below
-  2^-frac_bits per client;
-* coefficient modulus: data primes of ceil(log2(n * V)) + s + 3 bits in all (V: the largest |value|
-  a client sends: clip, int_bound, or 1 for the weight; one bit for the sign, one because a
-  coefficient can reach twice a slot's magnitude, one spare), as few primes of <= 60 bits as hold
-  them, plus a 20-bit special prime that TenSEAL needs to create its (unused) key-switching keys.
-  Ciphertexts live at the data level only. Example: n = 10, clip = 8, frac_bits = 16, floats only:
-  N = 4096, primes [39, 20] bits (59 of the 109 allowed), scale 2^29, 4096 values per ciphertext.
-
-Clients send [w * clip(floats), ints, w] (w: normalised weight, see securefl.he) zero-padded to
-whole ciphertexts of N values: CKKS slots are complex, so each of the N/2 slots carries two reals
-(value 2j in slot j's real part, 2j+1 in its imaginary part). This halves the encryptions and bytes
-of TenSEAL's CKKSVector, which encodes one real per slot (measured, N = 4096, per value: 0.67 us
-and 12 bytes against about 1.4 us and 24). TenSEAL's CKKSVector cannot encode complex values, so
-the parties use the SEAL API that TenSEAL ships (tenseal.sealapi) on the TenSEAL context's SEAL
-context and keys; its ciphertexts travel in SEAL's own serialization (zstd-compressed), which that
-API writes to and reads from files only: each party bridges through a file in a private temporary
-directory (ciphertexts only; the secret key stays in memory). The public context (public key only:
-no secret, relinearization or Galois keys) is sent once per round. Encryption runs one ciphertext
-per call on one core: TenSEAL's thread pool only serves batched CKKSTensors, so parallelism is left
-to the deployment (clients are separate machines); SEAL's API holds the GIL, so threads do not
-help either (measured). The noise is the same in a slot's real and imaginary parts (measured: the
-same standard deviation and tails as one real per slot). Integer tensors ride as reals at the same
-scale; their sums are rounded to the nearest integer, exact because the noise of a sum of n
-(sqrt(n) * 2^-frac_bits at 8 standard deviations, with the N/4 bound) stays below 0.25: rounds with
-integer tensors and n * 2^-frac_bits > 0.25 are refused.
-
-The key holder does not release raw CKKS decryptions: those carry the decryption noise, which
-with the ciphertext lets a passive holder of both recover the secret key (Li and Micciancio,
-EUROCRYPT 2021). It range-checks the decrypted sums, rounds floats and the weight stochastically to
-the codec's 2^-frac_bits grid with fresh secret randomness (AES-CTR keyed from os.urandom) and
-integers to the nearest integer, and returns the codec's ring vector. This masks the noise; it is
-a mitigation, not a proof of IND-CPA-D security. Error per coordinate of the normalised weighted
-sum over k clients: at most (k + 1) * 2^-frac_bits (CKKS noise plus one rounding).
+Saved state: the key holder's is its TenSEAL context with the secret key (TenSEAL's own
+serialization); a client's, between setup and upload, the public context it was sent.
 """
 
 from __future__ import annotations
-
-import functools
-import math
-import os
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
 from tenseal import sealapi
 
-from securefl import wire
-from securefl._kernels import encode_fixed
-from securefl.aggregator import Batch
-from securefl.codec import FixedPoint, Flat, Layout
-from securefl.crypto.prg import Expander, stream_key
-from securefl.errors import ConfigError, InputError, ProtocolError
-from securefl.he import (
-    KEYHOLDER_ID,
-    SERVER_ID,
-    HEAggregator,
-    Signer,
-    check_digest,
-    check_signed,
-    digest,
-    read_result,
-    result_message,
-    with_digest,
-)
-from securefl.simulation import Simulation
+from securefl.dp.accounting import Accountant
+from securefl.encoding import RoundCodec
+from securefl.errors import ConfigError, ProtocolError
+from securefl.he import base
+from securefl.he.aggregator import HEAggregator
+from securefl.he.ckks_seal import DEGREES, TENSEAL_ERRORS, Params, SealIO, load_context, release
+from securefl.session import RoundConfig
+from securefl.wire import Kind, Reader, Writer
 
-KIND_CONTEXT, KIND_UPLOAD, KIND_AGGREGATE, KIND_RESULT = 40, 41, 42, 43
-DEGREES = (4096, 8192, 16384, 32768)
-MAX_PRIME_BITS = 60
-SPECIAL_PRIME_BITS = 20
-FINGERPRINT_BYTES = 32
-MAX_CONTEXT_BYTES = 1 << 26
-# what TenSEAL's and SEAL's C++ exceptions become through pybind11
-TENSEAL_ERRORS = (ValueError, RuntimeError, TypeError, IndexError, OverflowError, MemoryError)
-SEAL_MAGIC, SEAL_HEADER_BYTES = b"\x5e\xa1", 16  # SEALHeader: magic 0xA15E, header size, version, compr_mode, size
-SEAL_COMPR_MODES = (0, 1, 2)  # none, zlib, zstd
-SHM = "/dev/shm"  # memory-backed, where the OS has it: the file bridge never touches a disk
+SCHEME = "ckks"
+KINDS = base.Kinds(Kind.CKKS_OPEN, Kind.CKKS_KEY, Kind.CKKS_SETUP, Kind.CKKS_READY, Kind.CKKS_REQUEST,
+                   Kind.CKKS_UPLOAD, Kind.CKKS_AGGREGATE, Kind.CKKS_RESULT)
 
 
-def max_coeff_bits(degree: int) -> int:
-    """Largest coefficient modulus (bits) at 128-bit security for ring degree `degree` (HE standard table)."""
-    return sealapi.CoeffModulus.MaxBitCount(degree, sealapi.SEC_LEVEL_TYPE.TC128)
+def choose(config: RoundConfig, codec: RoundCodec) -> Params:
+    """The CKKS parameters of `config` (option poly_modulus_degree: None for the smallest that fits)."""
+    unknown = set(config.options) - {"poly_modulus_degree"}
+    if unknown:
+        raise ConfigError(f"ckks: unknown options {sorted(unknown)} (it takes poly_modulus_degree)")
+    degree = config.options.get("poly_modulus_degree")
+    if degree is not None and degree not in DEGREES:
+        raise ConfigError(f"poly_modulus_degree must be one of {DEGREES}, got {degree}")
+    if codec.client_variance:
+        raise ConfigError("ckks: its clients encrypt reals, not ring words, and add no distributed noise; "
+                          "use dp.GaussianMechanism with it")
+    return Params.choose(config.n, codec.layout, codec.fixed, degree)
 
 
-@functools.lru_cache(maxsize=16)
-def parms_ids(degree: int, coeff_bits: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """SEAL's (key level, data level) parameter ids for these parameters (deterministic: primes are chosen so)."""
-    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-    parms.set_poly_modulus_degree(degree)
-    parms.set_coeff_modulus(sealapi.CoeffModulus.Create(degree, list(coeff_bits)))
-    ctx = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
-    return tuple(ctx.key_parms_id()), tuple(ctx.first_parms_id())
+def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Policy:
+    """What every party of a deployment derives from `config` (`accountant`: the server's, for DP)."""
+    return base.Policy.of(config, SCHEME, KINDS, choose, accountant)
 
 
-@dataclass(frozen=True)
-class Params:
-    """Public CKKS parameters of one round."""
+class KeyHolder(base.KeyHolder):
+    """Creates the CKKS context and secret key; publishes the public part, re-adds and decrypts one checked sum
+    per round (see securefl.he.base)."""
 
-    degree: int
-    coeff_bits: tuple[int, ...]  # data primes, then the special prime
-    scale_bits: int
-    n_clients: int
-    floats: int
-    ints: int
-    fixed: FixedPoint
+    policy_of = staticmethod(policy)
 
-    @classmethod
-    def choose(cls, n_clients: int, layout: Layout, fixed: FixedPoint, degree: int | None = None) -> Params:
-        """The smallest 128-bit parameters that hold the sum of n_clients updates at the precision asked."""
-        if layout.int_size and n_clients * 2.0**-fixed.frac_bits > 0.25:
-            raise ConfigError(
-                f"CKKS cannot sum integer tensors exactly for {n_clients} clients at frac_bits={fixed.frac_bits}: "
-                "raise frac_bits so that n * 2^-frac_bits <= 0.25"
-            )
-        peak = max(fixed.clip if layout.float_size else 0.0, float(fixed.int_bound) if layout.int_size else 0.0, 1.0)
-        value_bits = max(0, math.ceil(math.log2(n_clients * peak)))
-        tried = []
-        for deg in (degree,) if degree else DEGREES:
-            scale_bits = fixed.frac_bits + deg.bit_length()  # frac_bits + log2(N) + 1
-            data = value_bits + scale_bits + 3
-            count = math.ceil(data / MAX_PRIME_BITS)
-            bits = (math.ceil(data / count),) * count + (SPECIAL_PRIME_BITS,)
-            if sum(bits) <= max_coeff_bits(deg):
-                return cls(deg, bits, scale_bits, n_clients, layout.float_size, layout.int_size, fixed)
-            tried.append(f"N={deg} needs {sum(bits)} > {max_coeff_bits(deg)} bits")
-        raise ConfigError(
-            f"no 128-bit CKKS parameters hold the sum of {n_clients} clients ({'; '.join(tried)}): "
-            "lower frac_bits, clip or int_bound"
-        )
+    def _generate(self) -> None:
+        p: Params = self.policy.params
+        self._use(ts.context(ts.SCHEME_TYPE.CKKS, p.degree, coeff_mod_bit_sizes=list(p.coeff_bits), n_threads=1))
+        self._ctx.global_scale = p.scale
 
-    @property
-    def slots(self) -> int:
-        """Complex slots per ciphertext."""
-        return self.degree // 2
-
-    @property
-    def per_ciphertext(self) -> int:
-        """Real values per ciphertext: two per complex slot."""
-        return self.degree
-
-    @property
-    def length(self) -> int:
-        """Values per client: floats, ints and the weight slot."""
-        return self.floats + self.ints + 1
-
-    @property
-    def chunks(self) -> int:
-        """Ciphertexts per client."""
-        return -(-self.length // self.per_ciphertext)
-
-    @property
-    def scale(self) -> float:
-        return 2.0**self.scale_bits
-
-    @property
-    def he(self) -> tuple:
-        """What the key holder's context fixes."""
-        return self.degree, self.coeff_bits, self.scale_bits
-
-    @property
-    def key_level(self) -> tuple[int, ...]:
-        """SEAL's parameter id of the key level (all primes)."""
-        return parms_ids(self.degree, self.coeff_bits)[0]
-
-    @property
-    def level(self) -> tuple[int, ...]:
-        """SEAL's parameter id of the data level, where every ciphertext of the round lives."""
-        return parms_ids(self.degree, self.coeff_bits)[1]
-
-    @property
-    def max_ciphertext_bytes(self) -> int:
-        """Upper bound on one serialized ciphertext (uncompressed, plus SEAL's header and metadata)."""
-        return 2 * self.degree * (len(self.coeff_bits) - 1) * 8 + 1024
-
-    def sum_error_bound(self, k: int) -> float:
-        """Bound on |error| per coordinate of the normalised weighted sum over k clients."""
-        return (k + 1) * 2.0**-self.fixed.frac_bits
-
-    def describe(self) -> dict:
-        return {
-            "poly_modulus_degree": self.degree,
-            "coeff_mod_bit_sizes": list(self.coeff_bits),
-            "scale_bits": self.scale_bits,
-            "security_bits": 128,
-            "max_coeff_bits": max_coeff_bits(self.degree),
-            "values_per_ciphertext": self.per_ciphertext,
-            "ciphertexts_per_client": self.chunks,
-            "ring_bits": self.fixed.ring_bits,
-            "sum_error_bound": self.sum_error_bound(self.n_clients),
-        }
-
-
-def check_header(blob: bytes, who: str) -> None:
-    """Check SEAL's serialization header before the C++ parser sees the bytes: magic, header size,
-    compression mode, and a declared size equal to the blob's."""
-    if len(blob) < SEAL_HEADER_BYTES or blob[:2] != SEAL_MAGIC or blob[2] != SEAL_HEADER_BYTES:
-        raise ProtocolError(f"{who}: not a SEAL ciphertext (bad header)")
-    if blob[5] not in SEAL_COMPR_MODES or blob[6:8] != b"\0\0":
-        raise ProtocolError(f"{who}: SEAL header with unknown compression mode {blob[5]}")
-    size = int.from_bytes(blob[8:16], "little")
-    if size != len(blob):
-        raise ProtocolError(f"{who}: truncated or padded ciphertext ({len(blob)} bytes, header says {size})")
-
-
-class SealIO:
-    """One party's SEAL objects for the round's context: the complex encoder, ciphertexts to and from bytes.
-
-    TenSEAL's SEAL API saves and loads ciphertexts through files only, so ciphertexts (never keys)
-    pass through one file in a private temporary directory, removed with this object.
-    """
-
-    def __init__(self, ctx: ts.Context):
-        self.seal = ctx.seal_context().data
-        self.encoder = sealapi.CKKSEncoder(self.seal)
-        self._dir = tempfile.TemporaryDirectory(prefix="securefl-ckks-", dir=SHM if os.path.isdir(SHM) else None)
-        self._path = os.path.join(self._dir.name, "ciphertext")
-
-    def dump(self, ct: sealapi.Ciphertext) -> bytes:
-        """SEAL's serialization of one ciphertext."""
-        ct.save(self._path)
-        with open(self._path, "rb") as f:
-            return f.read()
-
-    def load(self, blob: bytes, p: Params, who: str) -> sealapi.Ciphertext:
-        """Parse one serialized ciphertext of this round; anything malformed raises ProtocolError."""
-        check_header(blob, who)
-        with open(self._path, "wb") as f:
-            f.write(blob)
-        ct = sealapi.Ciphertext()
+    def _restore(self, blobs: dict[str, bytes]) -> None:
+        p: Params = self.policy.params
         try:
-            ct.load(self.seal, self._path)  # SEAL checks the parameters and that every coefficient is reduced
-            ok = (ct.size() == 2 and ct.is_ntt_form() and ct.scale == p.scale and tuple(ct.parms_id()) == p.level)
-        except TENSEAL_ERRORS as e:
-            raise ProtocolError(f"{who}: unreadable ciphertext ({e})") from None
+            ctx = ts.context_from(blobs["context"], 1)
+            ok = ctx.has_secret_key() and ctx.has_public_key() and ctx.global_scale == p.scale and tuple(
+                ctx.seal_context().data.key_parms_id()) == p.key_level
+        except (KeyError, *TENSEAL_ERRORS) as e:
+            raise ProtocolError(f"{self.id}: saved state: unreadable CKKS context ({e})") from None
         if not ok:
-            raise ProtocolError(f"{who}: ciphertext of size {ct.size()}, scale {ct.scale} or level not of this round")
-        return ct
+            raise ProtocolError(f"{self.id}: saved state: a CKKS context without its secret key or for other "
+                                "parameters")
+        self._use(ctx)
 
-    def encrypt(self, encryptor: sealapi.Encryptor, values: np.ndarray, p: Params) -> list[bytes]:
-        """Encrypt `chunks * per_ciphertext` reals, two per complex slot; one serialized ciphertext per chunk."""
-        pt, ct = sealapi.Plaintext(), sealapi.Ciphertext()
-        blobs = []
-        for z in values.view(np.complex128).reshape(p.chunks, p.slots):
-            self.encoder.encode(z.tolist(), p.scale, pt)  # a list: pybind11 converts it faster than an array
-            encryptor.encrypt(pt, ct)
-            blobs.append(self.dump(ct))
-        return blobs
-
-    def decrypt(self, decryptor: sealapi.Decryptor, cts: list[sealapi.Ciphertext], p: Params) -> np.ndarray:
-        """The `chunks * per_ciphertext` reals the ciphertexts hold."""
-        out = np.empty(p.chunks * p.per_ciphertext)
-        pt = sealapi.Plaintext()
-        for row, ct in zip(out.view(np.complex128).reshape(p.chunks, p.slots), cts, strict=True):
-            decryptor.decrypt(ct, pt)
-            row[:] = self.encoder.decode_complex(pt)
-        return out
-
-
-def write_ciphertexts(w: wire.Writer, blobs: list[bytes]) -> bytes:
-    """Finish a message with its ciphertexts (count, then each length-prefixed) and a digest."""
-    w.u32(len(blobs))
-    for blob in blobs:
-        w.blob(blob)
-    return with_digest(w.finish())
-
-
-def read_ciphertexts(r: wire.Reader, io: SealIO, params: Params, who: str) -> list[sealapi.Ciphertext]:
-    """The message's ciphertexts, all checked (nothing is used before every one has parsed)."""
-    if r.u32() != params.chunks:
-        raise ProtocolError(f"{who}: wrong number of ciphertexts")
-    blobs = [r.blob(params.max_ciphertext_bytes) for _ in range(params.chunks)]
-    r.end()
-    return [io.load(bytes(blob), params, who) for blob in blobs]
-
-
-def load_context(
-    payload: bytes, params: Params, verify_key: bytes, session: bytes, round_: int, who: str
-) -> tuple[ts.Context, bytes]:
-    """Check the key holder's signed public context; return it and its fingerprint."""
-    what = f"{who}: CKKS public context"
-    r = wire.Reader(check_signed(payload, verify_key, what), KIND_CONTEXT, session, round_, what=what)
-    if r.sender != KEYHOLDER_ID:
-        raise ProtocolError(f"{what}: sent by {r.sender}, not the key holder")
-    degree, count = r.u32(), r.u8()
-    he = (degree, tuple(r.u8() for _ in range(count)), r.u8())
-    blob = r.blob(MAX_CONTEXT_BYTES)
-    r.end()
-    if he != params.he:
-        raise ProtocolError(f"{what}: parameters {he}, expected {params.he}")
-    try:
-        ctx = ts.context_from(blob, 1)
-        ok = ctx.is_public() and not ctx.has_secret_key() and ctx.has_public_key()
-        ids = tuple(ctx.seal_context().data.key_parms_id())
-    except TENSEAL_ERRORS as e:
-        raise ProtocolError(f"{what}: unreadable ({e})") from None
-    if not ok:
-        raise ProtocolError(f"{what}: must hold the public key and no secret key")
-    if ids != params.key_level or ctx.global_scale != params.scale:
-        raise ProtocolError(f"{what}: encryption parameters differ from this round's")
-    return ctx, digest(blob)
-
-
-class KeyHolder:
-    """Creates the CKKS context and secret key; publishes the public part and decrypts only the aggregate."""
-
-    name = "keyholder"
-
-    def __init__(self, params: Params):
-        self._he = params.he
-        self._ctx = ts.context(
-            ts.SCHEME_TYPE.CKKS, params.degree, coeff_mod_bit_sizes=list(params.coeff_bits), n_threads=1
-        )
-        self._ctx.global_scale = params.scale
-        self._io = SealIO(self._ctx)
-        self._decryptor = sealapi.Decryptor(self._io.seal, self._ctx.secret_key().data)
-        self._public = self._ctx.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-        )
-        self._fingerprint = digest(self._public)
-        self._signer = Signer()
-        self.verify_key = self._signer.verify_key
-
-    def serves(self, params: Params) -> bool:
-        """Whether this key holder's context fits a round with these parameters."""
-        return params.he == self._he
-
-    def announce(self, session: bytes, round_: int = 0) -> bytes:
-        """The signed public context (public key only), for the server and the clients."""
-        degree, bits, scale_bits = self._he
-        w = wire.Writer(KIND_CONTEXT, session, round_, KEYHOLDER_ID).u32(degree).u8(len(bits))
-        for b in bits:
-            w.u8(b)
-        return self._signer.sign(w.u8(scale_bits).blob(self._public).finish())
-
-    def decrypt(self, payload: bytes, params: Params, session: bytes, round_: int = 0,
-                noise: Callable | None = None) -> bytes:
-        """Decrypt the server's aggregate; reply with the signed, range-checked, rounded ring vector
-        (plus central DP noise on the float sums when `noise` is given)."""
-        what = "keyholder: CKKS aggregate"
-        r = wire.Reader(check_digest(payload, what), KIND_AGGREGATE, session, round_, what=what)
-        if r.sender != SERVER_ID:
-            raise ProtocolError(f"{what}: sent by {r.sender}, not the server")
-        if r.raw(FINGERPRINT_BYTES) != self._fingerprint:
-            raise ProtocolError(f"{what}: encrypted under another context")
-        count = r.u32()
-        if not 1 <= count <= params.n_clients:
-            raise ProtocolError(f"{what}: a sum of {count} clients is not possible in this round")
-        values = self._io.decrypt(self._decryptor, read_ciphertexts(r, self._io, params, what), params)
-        ring = release(values[: params.length], params, count, session, what)
-        return result_message(KIND_RESULT, self._signer, ring, count, noise, session, round_)
-
-
-def release(values: np.ndarray, params: Params, count: int, session: bytes, who: str) -> np.ndarray:
-    """Range-check decrypted sums of `count` clients and round them into the codec's ring vector.
-
-    Floats and the weight are rounded stochastically to 2^-frac_bits with secret randomness, ints to
-    the nearest integer; out-of-range values (not a sum of valid uploads) raise ProtocolError.
-    """
-    fixed, nf, ni = params.fixed, params.floats, params.ints
-    slack = count * 2.0**-fixed.frac_bits
-    floats, ints, weight = values[:nf], values[nf : nf + ni], values[nf + ni :]
-    rounded = np.rint(ints)
-    if (
-        (nf and np.abs(floats).max() > count * fixed.clip + slack)
-        or not -slack <= weight[0] <= count + slack
-        or (ni and (np.abs(ints - rounded).max() > 0.25 or np.abs(rounded).max() > count * fixed.int_bound))
-    ):
-        raise ProtocolError(f"{who}: decrypted values out of range for a sum of {count} clients")
-    words = Expander(nf + 1, np.uint64).expand(stream_key(os.urandom(32), b"securefl/ckks/release", session))
-    uniform = (words >> np.uint64(11)) * 2.0**-53
-    out = np.empty(params.length, fixed.dtype)
-    signed = out.view(fixed.signed)
-    encode_fixed(floats, uniform[:nf], np.inf, fixed.scale, signed[:nf])
-    signed[nf : nf + ni] = rounded
-    encode_fixed(weight, uniform[nf:], np.inf, fixed.scale, signed[nf + ni :])
-    return out
-
-
-class Client:
-    """Encrypts its own clipped, weight-scaled update under the key holder's public context."""
-
-    def __init__(
-        self,
-        index: int,
-        flat: Flat,
-        weight: float,
-        params: Params,
-        layout: Layout,
-        verify_key: bytes,
-        session: bytes,
-        round_: int = 0,
-    ):
-        if not 0.0 <= weight <= 1.0:
-            raise InputError(f"client {index}: normalised weight {weight} outside [0, 1]")
-        params.fixed.check_ints(flat, layout, index)
-        self.index, self.name = index, f"client/{index}"
-        self._flat, self._weight, self._params = flat, weight, params
-        self._verify_key, self._session, self._round = verify_key, session, round_
-        self._ctx: ts.Context | None = None
-        self._io: SealIO | None = None
-        self._encryptor: sealapi.Encryptor | None = None
-        self._fingerprint = b""
-        self.clipped = 0
-
-    def setup(self, payload: bytes) -> None:
-        """Take the key holder's public context (relayed by the server)."""
-        self._ctx, self._fingerprint = load_context(
-            payload, self._params, self._verify_key, self._session, self._round, self.name
-        )
-        self._io = SealIO(self._ctx)
-        self._encryptor = sealapi.Encryptor(self._io.seal, self._ctx.public_key().data)
-
-    def upload(self) -> bytes:
-        """The encrypted [w * clip(floats), ints, w], one ciphertext per N values, with a digest."""
-        if self._io is None:
-            raise ProtocolError(f"{self.name}: upload before the public context arrived")
-        p = self._params
-        buf = np.zeros(p.chunks * p.per_ciphertext)
-        floats = buf[: p.floats]
-        np.clip(self._flat.floats, -p.fixed.clip, p.fixed.clip, out=floats)
-        self.clipped = int(np.count_nonzero(floats != self._flat.floats))
-        floats *= self._weight
-        buf[p.floats : p.floats + p.ints] = self._flat.ints
-        buf[p.length - 1] = self._weight
-        blobs = self._io.encrypt(self._encryptor, buf, p)
-        w = wire.Writer(KIND_UPLOAD, self._session, self._round, self.index).raw(self._fingerprint)
-        return write_ciphertexts(w, blobs)
-
-
-class Server:
-    """Holds the public context only: checks and adds the clients' ciphertexts, gets the sum decrypted."""
-
-    name = "server"
-
-    def __init__(self, params: Params, verify_key: bytes, session: bytes, round_: int = 0):
-        self._params, self._verify_key, self._session, self._round = params, verify_key, session, round_
-        self._ctx: ts.Context | None = None
-        self._io: SealIO | None = None
-        self._evaluator: sealapi.Evaluator | None = None
-        self._fingerprint = b""
-        self._acc: list[sealapi.Ciphertext] = []
-        self.included: list[int] = []
-
-    def setup(self, payload: bytes) -> None:
-        """Take the key holder's public context."""
-        self._ctx, self._fingerprint = load_context(
-            payload, self._params, self._verify_key, self._session, self._round, self.name
-        )
-        self._io = SealIO(self._ctx)
+    def _use(self, ctx: ts.Context) -> None:
+        self._ctx = ctx
+        self._io = SealIO(ctx)
+        self._decryptor = sealapi.Decryptor(self._io.seal, ctx.secret_key().data)
         self._evaluator = sealapi.Evaluator(self._io.seal)
 
-    def receive(self, payload: bytes) -> None:
-        """Check one client's upload and add it to the encrypted sum."""
-        what = "server: CKKS upload"
-        if self._io is None:
-            raise ProtocolError(f"{what} before the public context arrived")
-        r = wire.Reader(check_digest(payload, what), KIND_UPLOAD, self._session, self._round, what=what)
-        if not 0 <= r.sender < self._params.n_clients or r.sender in self.included:
-            raise ProtocolError(f"{what}: unexpected or repeated sender client/{r.sender}")
-        what = f"server: upload of client/{r.sender}"
-        if r.raw(FINGERPRINT_BYTES) != self._fingerprint:
-            raise ProtocolError(f"{what}: encrypted under another context")
-        cts = read_ciphertexts(r, self._io, self._params, what)
-        if self._acc:
-            for acc, ct in zip(self._acc, cts, strict=True):
-                self._evaluator.add_inplace(acc, ct)
-        else:
-            self._acc = cts
-        self.included.append(r.sender)
+    def _secret_blobs(self) -> dict[str, bytes]:
+        return {"context": self._ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                               save_relin_keys=False)}
 
-    def aggregate(self) -> bytes:
-        """The encrypted sum, for the key holder."""
-        if not self._acc:
-            raise ProtocolError("server: no upload to aggregate")
-        w = wire.Writer(KIND_AGGREGATE, self._session, self._round, SERVER_ID).raw(self._fingerprint)
-        return write_ciphertexts(w.u32(len(self.included)), [self._io.dump(acc) for acc in self._acc])
+    def _public_bytes(self) -> bytes:
+        return self._ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                                   save_relin_keys=False)
 
-    def finish(self, payload: bytes) -> np.ndarray:
-        """The key holder's signed reply: the aggregate as the codec's ring vector."""
-        p = self._params
-        return read_result(payload, KIND_RESULT, self._verify_key, len(self.included), p.fixed, p.length,
-                           self._session, self._round, "server: CKKS result")
+    def _add(self, acc: list | None, r: Reader, who: str) -> list:
+        p: Params = self.policy.params
+        cts = [self._io.load(blob, p, who) for blob in p.read_ciphertexts(r, who)]
+        if acc is None:
+            return cts
+        for a, ct in zip(acc, cts, strict=True):
+            self._evaluator.add_inplace(a, ct)
+        return acc
+
+    def _decrypt(self, acc: list, count: int, who: str) -> np.ndarray:
+        p: Params = self.policy.params
+        return release(self._io.decrypt(self._decryptor, acc, p)[: p.length], p, count, who)
+
+
+class Client(base.Client):
+    """Encrypts its own clipped, weight-scaled update under the key holder's public context."""
+
+    policy_of = staticmethod(policy)
+
+    def _take_key(self, public: bytes) -> None:
+        ctx = load_context(public, self.policy.params, str(self.id))
+        self._io = SealIO(ctx)
+        self._encryptor = sealapi.Encryptor(self._io.seal, ctx.public_key().data)
+
+    def _write_ciphertexts(self, w: Writer, update: object, weight: float) -> int:
+        """[w * clip(floats), ints, w], one ciphertext per N values."""
+        p: Params = self.policy.params
+        codec = self.policy.codec
+        flat, wn = codec.flatten(self.id.index, update, weight)
+        p.fixed.check_ints(flat, codec.layout, self.id.index)
+        buf = np.zeros(p.chunks * p.per_ciphertext)
+        floats = buf[: p.floats]
+        np.clip(flat.floats, -p.fixed.clip, p.fixed.clip, out=floats)
+        clipped = int(np.count_nonzero(floats != flat.floats))
+        floats *= wn
+        buf[p.floats : p.floats + p.ints] = flat.ints
+        buf[p.length - 1] = wn
+        blobs = self._io.encrypt(self._encryptor, buf, p)
+        w.u32(len(blobs))
+        for blob in blobs:
+            w.blob(blob)
+        return clipped
 
 
 class CKKS(HEAggregator):
-    """CKKS (TenSEAL) aggregation: clients encrypt under the key holder's public key, the server adds.
+    """CKKS (TenSEAL) aggregation: clients encrypt under the key holder's public key, the key holder sums and
+    decrypts once per round.
 
     poly_modulus_degree: force a ring degree (4096 ... 32768) instead of the smallest that fits.
-    Other options as Aggregator. Stages: "setup", "upload", "decrypt" (see securefl.he).
+    min_clients and other options as securefl.he.aggregator.HEAggregator and Aggregator. Stages: "setup",
+    "upload", "decrypt".
     """
 
-    scheme = "ckks"
+    scheme = SCHEME
     distributed_dp = False  # clients encrypt reals, not ring words: only the central mechanism applies
+    client_class, keyholder_class = Client, KeyHolder
 
     def __init__(self, *, poly_modulus_degree: int | None = None, **kwargs):
         if poly_modulus_degree is not None and poly_modulus_degree not in DEGREES:
@@ -510,15 +151,5 @@ class CKKS(HEAggregator):
         super().__init__(**kwargs)
         self.poly_modulus_degree = poly_modulus_degree
 
-    def _params(self, batch: Batch) -> Params:
-        return Params.choose(batch.n, batch.layout, self.fixed_point(batch.n), self.poly_modulus_degree)
-
-    def _new_keyholder(self, params: Params) -> KeyHolder:
-        return KeyHolder(params)
-
-    def _server(self, params: Params, verify_key: bytes, sim: Simulation) -> Server:
-        return Server(params, verify_key, sim.session)
-
-    def _client(self, index: int, batch: Batch, params: Params, verify_key: bytes, sim: Simulation) -> Client:
-        return Client(index, batch.flats[index], float(batch.weights[index]), params, batch.layout, verify_key,
-                      sim.session)
+    def options(self) -> dict:
+        return {"poly_modulus_degree": self.poly_modulus_degree}

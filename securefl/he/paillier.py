@@ -3,54 +3,54 @@
 Packing after BatchCrypt (Zhang et al., USENIX ATC 2020): each client encodes its update with the
 codec's FixedPoint ([w * clip(floats), ints, w], stochastically rounded to 2^-frac_bits, see
 securefl.codec), adds a public offset B to every value so that all are in [0, 2B] (B bounds one
-client's |value|: clip * 2^frac_bits, int_bound or the weight's 2^frac_bits, plus one), and packs
+client's |value|: clip * 2^frac_bits plus its distributed-DP noise bound, int_bound or the weight's
+2^frac_bits, plus one), and packs
 values into slots of b = bit_length(n * 2B) bits, k = (key_bits - 1) // b slots per plaintext. The
 sum of n clients' slots is at most n * 2B < 2^b, so no slot carries into the next, and the packed
 sum stays below 2^(key_bits - 1) <= the Paillier modulus: the homomorphic sum of the ciphertexts is
-the exact packed sum of every slot at once. The server removes count * B per slot and decodes the
+the exact packed sum of every slot at once. The key holder (which re-adds the signed uploads and
+decrypts one sum per round, see securefl.he.base) removes count * B per slot and releases the
 codec's ring vector: the result is exact against the float64 reference within the codec's
-rounding bound.
+rounding bound. The server (securefl.he.server) holds no key; it checks each upload's count and
+length only.
 
 Encryption uses phe: raw_encrypt(m, r_value=1) gives (1 + m * N) mod N^2, which is multiplied
 (phe's homomorphic addition) by an encryption of zero, r^N mod N^2 from phe's raw_encrypt(0). Those
 cost one 2048-bit exponentiation each and do not depend on the update, so each client precomputes
 one per plaintext offline, in the setup stage (after it gets the public key), and each is used
-once; online encryption is then one multiplication per plaintext.
+once; online encryption is then one multiplication per plaintext. The precomputed values are part
+of the client's saved state between setup and upload (restored, not recomputed), and gone once used.
 
 Keys: 2048-bit modulus by default (about 112-bit security per NIST SP 800-57), 3072 (128-bit) or
-4096 as options; the key pair comes from phe.generate_paillier_keypair (system randomness).
+4096 as the option key_bits; the key pair comes from phe.generate_paillier_keypair (system
+randomness). The key holder's saved state holds its primes p and q. Encryption, addition and
+decryption are the small functions below (precompute, encrypt, add, decrypt), so faster arithmetic
+can replace them one by one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from phe import paillier
+from phe.util import mulmod
 
-from securefl import wire
-from securefl.aggregator import Batch
-from securefl.codec import FixedPoint, Flat, Layout
+from securefl.codec import FixedPoint
+from securefl.dp.accounting import Accountant
+from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
-from securefl.he import (
-    KEYHOLDER_ID,
-    SERVER_ID,
-    HEAggregator,
-    Signer,
-    check_digest,
-    check_signed,
-    digest,
-    read_result,
-    result_message,
-    with_digest,
-)
-from securefl.simulation import Simulation
+from securefl.he import base
+from securefl.he.aggregator import HEAggregator
+from securefl.session import RoundConfig
+from securefl.wire import PARTY_HEADER_SIZE, Kind, Reader, Writer
 
-KIND_KEY, KIND_UPLOAD, KIND_AGGREGATE, KIND_RESULT = 50, 51, 52, 53
+SCHEME = "paillier"
+KINDS = base.Kinds(Kind.PAILLIER_OPEN, Kind.PAILLIER_KEY, Kind.PAILLIER_SETUP, Kind.PAILLIER_READY,
+                   Kind.PAILLIER_REQUEST, Kind.PAILLIER_UPLOAD, Kind.PAILLIER_AGGREGATE, Kind.PAILLIER_RESULT)
 KEY_BITS = (2048, 3072, 4096)
-FINGERPRINT_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,15 @@ class Packing:
     fixed: FixedPoint
 
     @classmethod
-    def choose(cls, n_clients: int, fixed: FixedPoint, length: int, key_bits: int) -> Packing:
-        """Slots wide enough for the sum of n_clients offset values; as many per plaintext as fit."""
-        offset = max(math.floor(fixed.clip * fixed.scale), fixed.int_bound, math.floor(fixed.scale)) + 1
+    def choose(cls, n_clients: int, fixed: FixedPoint, length: int, key_bits: int, client_noise: float = 0.0
+               ) -> Packing:
+        """Slots wide enough for the sum of n_clients offset values; as many per plaintext as fit.
+
+        client_noise: the largest |noise| (ring units) one client adds to a value with distributed DP (the
+        mechanism's ring_headroom for one client): the offset covers it, as the ring's headroom does for the sum.
+        """
+        noise = math.ceil(client_noise)
+        offset = max(math.floor(fixed.clip * fixed.scale) + noise, fixed.int_bound, math.floor(fixed.scale)) + 1
         slot_bits = (n_clients * 2 * offset).bit_length()
         per = (key_bits - 1) // slot_bits
         if per < 1 or slot_bits > 62:
@@ -113,9 +119,26 @@ class Packing:
             out |= bits[:, j].astype(np.uint64) << np.uint64(j)
         return out[: self.length]
 
-    def offset_slots(self, ring: np.ndarray) -> np.ndarray:
-        """A client's ring vector (two's complement) as slot values in [0, 2 * offset]."""
-        return (ring.view(self.fixed.signed).astype(np.int64) + self.offset).astype(np.uint64)
+    def offset_slots(self, ring: np.ndarray, who: str) -> np.ndarray:
+        """A client's ring vector (two's complement) as slot values in [0, 2 * offset]; a value outside
+        (noise beyond its bound: probability below 1e-80) raises rather than wraps into a neighbour slot."""
+        slots = ring.view(self.fixed.signed).astype(np.int64) + self.offset
+        if slots.size and (slots.min() < 0 or slots.max() > 2 * self.offset):
+            raise ProtocolError(f"{who}: an encoded value falls outside the packing offset {self.offset}")
+        return slots.astype(np.uint64)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Size of one client's signed upload."""
+        return PARTY_HEADER_SIZE + base.DIGEST_BYTES + 4 + self.plaintexts * self.cipher_bytes + base.UPLOAD_TRAILER
+
+    def read_ciphertexts(self, r: Reader, who: str) -> bytes:
+        """An upload's ciphertexts (a count, then fixed-width integers) to the message's end, unparsed."""
+        if r.u32() != self.plaintexts:
+            raise ProtocolError(f"{who}: wrong number of ciphertexts")
+        raw = r.raw(self.plaintexts * self.cipher_bytes)
+        r.end()
+        return raw
 
     def describe(self) -> dict:
         return {
@@ -143,176 +166,138 @@ def ciphertexts(raw: bytes, count: int, public_key: paillier.PaillierPublicKey, 
     return out
 
 
-def load_public_key(
-    payload: bytes, key_bits: int, verify_key: bytes, session: bytes, round_: int, who: str
-) -> tuple[paillier.PaillierPublicKey, bytes]:
-    """Check the key holder's signed public key; return it and its fingerprint."""
-    what = f"{who}: Paillier public key"
-    r = wire.Reader(check_signed(payload, verify_key, what), KIND_KEY, session, round_, what=what)
-    if r.sender != KEYHOLDER_ID or r.u32() != key_bits:
-        raise ProtocolError(f"{what}: not a {key_bits}-bit key from the key holder")
-    raw = r.raw(key_bits // 8)
-    r.end()
-    n = int.from_bytes(raw, "big")
-    if n.bit_length() != key_bits or n % 2 == 0:
-        raise ProtocolError(f"{what}: modulus is not an odd {key_bits}-bit number")
-    return paillier.PaillierPublicKey(n), digest(raw)
+def load_public_key(public: bytes, key_bits: int, who: str) -> paillier.PaillierPublicKey:
+    """The key holder's public key N (g = N + 1), checked: an odd key_bits-bit modulus."""
+    n = int.from_bytes(public, "big")
+    if len(public) != key_bits // 8 or n.bit_length() != key_bits or n % 2 == 0:
+        raise ProtocolError(f"{who}: Paillier modulus is not an odd {key_bits}-bit number")
+    return paillier.PaillierPublicKey(n)
 
 
-class KeyHolder:
-    """Generates the Paillier key pair; publishes the public key and decrypts only the aggregate."""
+def precompute(public_key: paillier.PaillierPublicKey, count: int) -> list[int]:
+    """`count` fresh encryptions of zero, r^N mod N^2 (phe's raw_encrypt(0): system randomness), one per plaintext."""
+    return [public_key.raw_encrypt(0) for _ in range(count)]
 
-    name = "keyholder"
 
-    def __init__(self, key_bits: int = 2048):
-        self.key_bits = key_bits
-        self._public, self._private = paillier.generate_paillier_keypair(n_length=key_bits)
-        self._raw = self._public.n.to_bytes(key_bits // 8, "big")
-        self._fingerprint = digest(self._raw)
-        self._signer = Signer()
-        self.verify_key = self._signer.verify_key
+def encrypt(public_key: paillier.PaillierPublicKey, plains: Sequence[int], zeros: Sequence[int]) -> list[int]:
+    """(1 + m N) r^N mod N^2 for each plaintext m, with a precomputed r^N: one multiplication each."""
+    n, nsquare = public_key.n, public_key.nsquare
+    return [mulmod(n * m + 1, z, nsquare) for m, z in zip(plains, zeros, strict=True)]
 
-    def serves(self, packing: Packing) -> bool:
-        """Whether this key fits a round with these parameters."""
-        return packing.key_bits == self.key_bits
 
-    def announce(self, session: bytes, round_: int = 0) -> bytes:
-        """The signed public key N (g = N + 1), for the server and the clients."""
-        w = wire.Writer(KIND_KEY, session, round_, KEYHOLDER_ID).u32(self.key_bits).raw(self._raw)
-        return self._signer.sign(w.finish())
+def add(acc: list[int] | None, cts: list[int], public_key: paillier.PaillierPublicKey) -> list[int]:
+    """Homomorphic addition, element-wise (the first upload starts the sum)."""
+    return cts if acc is None else [mulmod(a, c, public_key.nsquare) for a, c in zip(acc, cts, strict=True)]
 
-    def decrypt(self, payload: bytes, packing: Packing, session: bytes, round_: int = 0,
-                noise: Callable | None = None) -> bytes:
-        """Decrypt the server's packed aggregate, unpack it and remove the offsets; reply with the signed ring
-        vector (plus central DP noise on the float sums when `noise` is given)."""
-        what = "keyholder: Paillier aggregate"
-        r = wire.Reader(check_digest(payload, what), KIND_AGGREGATE, session, round_, what=what)
-        if r.sender != SERVER_ID or r.raw(FINGERPRINT_BYTES) != self._fingerprint:
-            raise ProtocolError(f"{what}: not the server's aggregate under this key")
-        count, rows = r.u32(), r.u32()
-        if not 1 <= count <= packing.n_clients or rows != packing.plaintexts:
-            raise ProtocolError(f"{what}: {count} clients in {rows} ciphertexts is not this round's shape")
-        cts = ciphertexts(r.raw(rows * packing.cipher_bytes), rows, self._public, what)
-        r.end()
-        plains = [self._private.raw_decrypt(c) for c in cts]
+
+def decrypt(private_key: paillier.PaillierPrivateKey, cts: Sequence[int]) -> list[int]:
+    """The plaintexts (phe's raw_decrypt, CRT)."""
+    return [private_key.raw_decrypt(c) for c in cts]
+
+
+def choose(config: RoundConfig, codec: RoundCodec) -> Packing:
+    """The packing of `config` (option key_bits), with room for one client's distributed DP noise."""
+    unknown = set(config.options) - {"key_bits"}
+    if unknown:
+        raise ConfigError(f"paillier: unknown options {sorted(unknown)} (it takes key_bits)")
+    key_bits = config.options.get("key_bits", KEY_BITS[0])
+    if key_bits not in KEY_BITS:
+        raise ConfigError(f"key_bits must be one of {KEY_BITS}, got {key_bits}")
+    noise = codec.dp.ring_headroom(codec.fixed.frac_bits, 1, codec.min_survivors) if codec.client_variance else 0.0
+    return Packing.choose(config.n, codec.fixed, codec.length, key_bits, noise)
+
+
+def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Policy:
+    """What every party of a deployment derives from `config` (`accountant`: the server's, for DP)."""
+    return base.Policy.of(config, SCHEME, KINDS, choose, accountant)
+
+
+class KeyHolder(base.KeyHolder):
+    """Generates the Paillier key pair; publishes the public key, re-adds and decrypts one checked sum per round
+    (see securefl.he.base)."""
+
+    policy_of = staticmethod(policy)
+
+    def _generate(self) -> None:
+        self._public_key, self._private = paillier.generate_paillier_keypair(n_length=self.policy.params.key_bits)
+
+    def _restore(self, blobs: dict[str, bytes]) -> None:
+        bits = self.policy.params.key_bits
+        p, q = (int.from_bytes(blobs.get(k, b""), "big") for k in ("p", "q"))
+        if p == q or p < 3 or q < 3 or (p * q).bit_length() != bits:
+            raise ProtocolError(f"{self.id}: saved state: not the primes of a {bits}-bit Paillier key")
+        self._public_key = paillier.PaillierPublicKey(p * q)
+        self._private = paillier.PaillierPrivateKey(self._public_key, p, q)
+
+    def _secret_blobs(self) -> dict[str, bytes]:
+        width = self.policy.params.key_bits // 8
+        return {"p": self._private.p.to_bytes(width, "big"), "q": self._private.q.to_bytes(width, "big")}
+
+    def _public_bytes(self) -> bytes:
+        return self._public_key.n.to_bytes(self.policy.params.key_bits // 8, "big")
+
+    def _add(self, acc: list[int] | None, r: Reader, who: str) -> list[int]:
+        packing: Packing = self.policy.params
+        cts = ciphertexts(packing.read_ciphertexts(r, who), packing.plaintexts, self._public_key, who)
+        return add(acc, cts, self._public_key)
+
+    def _decrypt(self, acc: list[int], count: int, who: str) -> np.ndarray:
+        """Decrypt, unpack, remove the offsets: the ring vector of the sum of `count` uploads."""
+        packing: Packing = self.policy.params
+        plains = decrypt(self._private, acc)
         if any(p >> packing.packed_bits for p in plains):
-            raise ProtocolError(f"{what}: decrypts beyond the packed slots (not a sum of valid uploads)")
+            raise ProtocolError(f"{who}: decrypts beyond the packed slots (not a sum of valid uploads)")
         slots = packing.unpack(plains)
         if slots.max() > count * 2 * packing.offset:
-            raise ProtocolError(f"{what}: slot sums out of range for {count} clients")
+            raise ProtocolError(f"{who}: slot sums out of range for {count} clients")
         sums = slots.astype(np.int64) - count * packing.offset
-        ring = sums.astype(packing.fixed.signed).view(packing.fixed.dtype)
-        return result_message(KIND_RESULT, self._signer, ring, count, noise, session, round_)
+        return sums.astype(packing.fixed.signed).view(packing.fixed.dtype)
 
 
-class Client:
+class Client(base.Client):
     """Encodes, packs and encrypts its own update under the key holder's public key."""
 
-    def __init__(
-        self,
-        index: int,
-        flat: Flat,
-        weight: float,
-        packing: Packing,
-        layout: Layout,
-        verify_key: bytes,
-        session: bytes,
-        rng: np.random.Generator,
-        round_: int = 0,
-    ):
-        self.index, self.name = index, f"client/{index}"
-        self._flat, self._weight, self._packing, self._layout = flat, weight, packing, layout
-        self._verify_key, self._session, self._round, self._rng = verify_key, session, round_, rng
-        self._public: paillier.PaillierPublicKey | None = None
-        self._fingerprint = b""
-        self._zeros: list[paillier.EncryptedNumber] = []
-        self.clipped = 0
+    policy_of = staticmethod(policy)
 
-    def setup(self, payload: bytes) -> None:
-        """Take the public key and precompute one encryption of zero (r^N mod N^2) per plaintext (offline)."""
-        self._public, self._fingerprint = load_public_key(
-            payload, self._packing.key_bits, self._verify_key, self._session, self._round, self.name
-        )
-        pk = self._public
-        self._zeros = [paillier.EncryptedNumber(pk, pk.raw_encrypt(0)) for _ in range(self._packing.plaintexts)]
+    def _take_key(self, public: bytes) -> None:
+        self._public_key = load_public_key(public, self.policy.params.key_bits, str(self.id))
+        self._zeros: list[int] = []
 
-    def upload(self) -> bytes:
-        """The packed ciphertexts, with a digest. Uses up the precomputed randomness."""
-        p, pk = self._packing, self._public
-        if pk is None or len(self._zeros) != p.plaintexts:
-            raise ProtocolError(f"{self.name}: no fresh precomputed randomness (setup missing or already used)")
-        ring, self.clipped = p.fixed.encode(self._flat, self._weight, self._rng, self._layout, self.index)
-        plains = p.pack(p.offset_slots(ring))
-        cts = [
-            (paillier.EncryptedNumber(pk, pk.raw_encrypt(m, r_value=1)) + z).ciphertext(be_secure=False)
-            for m, z in zip(plains, self._zeros, strict=True)
-        ]
-        self._zeros = []
-        w = wire.Writer(KIND_UPLOAD, self._session, self._round, self.index).raw(self._fingerprint)
-        return with_digest(w.u32(p.plaintexts).raw(to_bytes(cts, p.cipher_bytes)).finish())
+    def _prepare(self) -> None:
+        """Offline: one encryption of zero per plaintext, each used once."""
+        self._zeros = precompute(self._public_key, self.policy.params.plaintexts)
 
+    def _round_blobs(self) -> dict[str, bytes]:
+        return {"zeros": to_bytes(self._zeros, self.policy.params.cipher_bytes)}
 
-class Server:
-    """Holds the public key only: checks and multiplies the clients' ciphertexts, gets the sum decrypted."""
+    def _restore_round(self, blobs: dict[str, bytes]) -> None:
+        packing: Packing = self.policy.params
+        raw = blobs.get("zeros", b"")
+        if len(raw) != packing.plaintexts * packing.cipher_bytes:
+            raise ProtocolError(f"{self.id}: saved state: {len(raw)} bytes of precomputed randomness, expected "
+                                f"{packing.plaintexts * packing.cipher_bytes}")
+        self._zeros = ciphertexts(raw, packing.plaintexts, self._public_key, f"{self.id}: saved state")
 
-    name = "server"
-
-    def __init__(self, packing: Packing, verify_key: bytes, session: bytes, round_: int = 0):
-        self._packing, self._verify_key, self._session, self._round = packing, verify_key, session, round_
-        self._public: paillier.PaillierPublicKey | None = None
-        self._fingerprint = b""
-        self._acc: list[paillier.EncryptedNumber] = []
-        self.included: list[int] = []
-
-    def setup(self, payload: bytes) -> None:
-        """Take the key holder's public key."""
-        self._public, self._fingerprint = load_public_key(
-            payload, self._packing.key_bits, self._verify_key, self._session, self._round, self.name
-        )
-
-    def receive(self, payload: bytes) -> None:
-        """Check one client's upload and add it to the encrypted sum."""
-        what, p = "server: Paillier upload", self._packing
-        if self._public is None:
-            raise ProtocolError(f"{what} before the public key arrived")
-        r = wire.Reader(check_digest(payload, what), KIND_UPLOAD, self._session, self._round, what=what)
-        if not 0 <= r.sender < p.n_clients or r.sender in self.included:
-            raise ProtocolError(f"{what}: unexpected or repeated sender client/{r.sender}")
-        what = f"server: upload of client/{r.sender}"
-        if r.raw(FINGERPRINT_BYTES) != self._fingerprint:
-            raise ProtocolError(f"{what}: encrypted under another key")
-        if r.u32() != p.plaintexts:
-            raise ProtocolError(f"{what}: wrong number of ciphertexts")
-        cts = ciphertexts(r.raw(p.plaintexts * p.cipher_bytes), p.plaintexts, self._public, what)
-        r.end()
-        enc = [paillier.EncryptedNumber(self._public, c) for c in cts]
-        self._acc = enc if not self._acc else [a + e for a, e in zip(self._acc, enc, strict=True)]
-        self.included.append(r.sender)
-
-    def aggregate(self) -> bytes:
-        """The encrypted packed sum, for the key holder."""
-        if not self._acc:
-            raise ProtocolError("server: no upload to aggregate")
-        p = self._packing
-        w = wire.Writer(KIND_AGGREGATE, self._session, self._round, SERVER_ID).raw(self._fingerprint)
-        w.u32(len(self.included)).u32(p.plaintexts)
-        return with_digest(w.raw(to_bytes([a.ciphertext(be_secure=False) for a in self._acc], p.cipher_bytes)).finish())
-
-    def finish(self, payload: bytes) -> np.ndarray:
-        """The key holder's signed reply: the aggregate as the codec's ring vector."""
-        p = self._packing
-        return read_result(payload, KIND_RESULT, self._verify_key, len(self.included), p.fixed, p.length,
-                           self._session, self._round, "server: Paillier result")
+    def _write_ciphertexts(self, w: Writer, update: object, weight: float) -> int:
+        """The packed ciphertexts. Uses up the precomputed randomness."""
+        packing: Packing = self.policy.params
+        ring, clipped = self.policy.codec.encode(self.id.index, update, weight)
+        plains = packing.pack(packing.offset_slots(ring, str(self.id)))
+        cts, self._zeros = encrypt(self._public_key, plains, self._zeros), []
+        w.u32(packing.plaintexts).raw(to_bytes(cts, packing.cipher_bytes))
+        return clipped
 
 
 class Paillier(HEAggregator):
     """Packed Paillier (phe) aggregation: exact integer sums of fixed-point updates under one key pair.
 
-    key_bits: Paillier modulus size, 2048 (default), 3072 or 4096. Other options as Aggregator.
-    Stages: "setup" (includes the clients' offline precomputation), "upload", "decrypt" (see securefl.he).
+    key_bits: Paillier modulus size, 2048 (default), 3072 or 4096. min_clients and other options as
+    securefl.he.aggregator.HEAggregator and Aggregator. Stages: "setup" (includes the clients' offline
+    precomputation), "upload", "decrypt".
     """
 
-    scheme = "paillier"
+    scheme = SCHEME
+    client_class, keyholder_class = Client, KeyHolder
 
     def __init__(self, *, key_bits: int = 2048, **kwargs):
         if key_bits not in KEY_BITS:
@@ -320,16 +305,5 @@ class Paillier(HEAggregator):
         super().__init__(**kwargs)
         self.key_bits = key_bits
 
-    def _params(self, batch: Batch) -> Packing:
-        fixed = self.fixed_point(batch.n)
-        return Packing.choose(batch.n, fixed, fixed.length(batch.layout), self.key_bits)
-
-    def _new_keyholder(self, params: Packing) -> KeyHolder:
-        return KeyHolder(self.key_bits)
-
-    def _server(self, params: Packing, verify_key: bytes, sim: Simulation) -> Server:
-        return Server(params, verify_key, sim.session)
-
-    def _client(self, index: int, batch: Batch, params: Packing, verify_key: bytes, sim: Simulation) -> Client:
-        return Client(index, batch.flats[index], float(batch.weights[index]), params, batch.layout, verify_key,
-                      sim.session, sim.rng(f"client/{index}"))
+    def options(self) -> dict:
+        return {"key_bits": self.key_bits}

@@ -1,61 +1,40 @@
-"""Reference lines from peer libraries, measured in the same run by the baseline functions of benchmarks/*.py.
+"""Reference lines from peer libraries, measured in the same run by the baselines that ship in this package.
 
-Each peer is a function written with the scheme it compares against (benchmarks/bench_he.py,
-benchmarks/flower_secaggplus.py), imported from the script's file and called at the run's base
-point (n, m). Its figures are normalised to round_s, client_s, aggregators_s and bytes_per_param
-and set next to the securefl scheme's cell at the same point. A peer whose script, function or
-library is missing is listed as unavailable with the reason; one that raises records its error;
-neither stops the run.
+Each peer is a function of securefl.bench.peers.he (TenSEAL at FLARE's defaults, phe per value) or
+securefl.bench.peers.flower (Flower's SecAgg+), called at the run's base point (n, m); the
+scripts in benchmarks/ use the same functions. A peer module is imported only when its peer is
+measured, so the bench loads TenSEAL, phe or Flower only for the peer lines. Figures are
+normalised to round_s, client_s, aggregators_s and bytes_per_param and set next to the securefl
+scheme's cell at the same point. A peer whose library is missing is listed as unavailable with the
+reason; one that raises records its error; neither stops the run.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from securefl.bench.harness import Config, Progress
+from securefl.bench.config import Config, Progress
+from securefl.bench.workload import make_updates
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FLOWER_TIMEOUT_S = 900
+FLOWER_DROP_EVERY = 10  # with dropout at the base point, clients 0, 10, 20, ... fail in Flower's round
 
 
 class Unavailable(Exception):
-    """A peer's script, function or library is not installed here."""
+    """A peer's library is not installed here."""
 
 
-def load(script: str) -> ModuleType:
-    """Import a benchmark script by file path (benchmarks/ is not a package; peers run from a checkout)."""
-    path = BENCHMARKS / script
-    if not path.is_file():
-        raise Unavailable(f"{path} not found (peers run from a source checkout)")
-    name = f"_securefl_bench_peer_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except ImportError as e:
-            raise Unavailable(f"benchmarks/{script}: {e}") from None
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-def baseline(script: str, function: str) -> Callable:
-    """The function `function` of benchmarks/`script`."""
-    fn = getattr(load(script), function, None)
-    if fn is None:
-        raise Unavailable(f"benchmarks/{script} has no function {function}")
-    return fn
+def load(name: str) -> ModuleType:
+    """The peer module securefl.bench.peers.`name`; Unavailable when a library it needs is missing."""
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError as e:
+        raise Unavailable(f"{__name__}.{name}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -70,9 +49,7 @@ class Base:
 
 
 def _flare(base: Base) -> dict:
-    from securefl.bench.harness import make_updates
-
-    fn = baseline("bench_he.py", "flare_baseline")
+    fn = load("he").flare_baseline
     updates = [{"update": u} for u in make_updates(base.n, base.m, base.seed)]
     fn(updates[:2], base.m)  # warm-up
     f = fn(updates, base.m)
@@ -81,41 +58,27 @@ def _flare(base: Base) -> dict:
 
 
 def _phe(base: Base) -> dict:
-    fn = baseline("bench_he.py", "per_value_paillier")
+    fn = load("he").per_value_paillier
     key_bits = base.cells.get("paillier", {}).get("params", {}).get("key_bits", 2048)
     f = fn(key_bits, base.n, base.m, min(base.m, 100))
     return f | {"key_bits": key_bits, "round_s": f["work_s"], "client_s": f["client_upload_s"],
                 "aggregators_s": f["server_s"] + f["keyholder_s"]}
 
 
-_FLOWER_CHILD = """
-import json, sys
-from securefl.bench.peers import load
-mod = load("flower_secaggplus.py")
-n, m, drop, config = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-mod.N = n
-mod.CONFIGS["bench"] = {"num_shares": n, "threshold": 0.6, "drop": drop}
-print("RESULT " + json.dumps(mod.flower_round_seconds(config, m, 2)), flush=True)
-"""
-
-
-def _flower_round(base: Base, config: str) -> float:
-    """Seconds of Flower's last round in its own process (Ray), from flower_secaggplus.flower_round_seconds."""
-    baseline("flower_secaggplus.py", "flower_round_seconds")  # present and importable here
-    args = [str(base.n), str(base.m), "1" if base.dropout > 0 else "0", config]
-    p = subprocess.run([sys.executable, "-c", _FLOWER_CHILD, *args], capture_output=True, text=True,
-                       timeout=FLOWER_TIMEOUT_S, env=os.environ | {"RAY_DEDUP_LOGS": "0"})
-    lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-    if not lines:
-        tail = " | ".join((p.stdout + p.stderr).strip().splitlines()[-5:])
-        raise RuntimeError(f"flower {config}: no result (exit {p.returncode}): {tail}")
-    return float(json.loads(lines[-1][len("RESULT "):]))
+def _flower_round(base: Base, num_shares: int | None) -> float:
+    """Seconds of Flower's last round in its own process (Ray); SecAgg+ with num_shares, None: plain FedAvg."""
+    if importlib.util.find_spec("flwr") is None:
+        raise Unavailable("flwr is not installed (pip install 'securefl[flower]')")
+    flower = load("flower")
+    drop_every = FLOWER_DROP_EVERY if base.dropout > 0 else 0
+    return flower.round_seconds_in_subprocess(base.n, base.m, 2, num_shares, 0.6, drop_every, FLOWER_TIMEOUT_S)
 
 
 def _flower(base: Base) -> dict:
-    secure, plain = _flower_round(base, "bench"), _flower_round(base, "plain")
+    secure, plain = _flower_round(base, base.n), _flower_round(base, None)
+    dropped = len(range(0, base.n, FLOWER_DROP_EVERY)) if base.dropout > 0 else 0
     return {"round_s": secure, "plain_round_s": plain, "protocol_s": secure - plain, "num_shares": base.n,
-            "threshold": 0.6, "dropped_fraction": len(range(0, base.n, 10)) / base.n if base.dropout > 0 else 0.0}
+            "threshold": 0.6, "dropped_fraction": dropped / base.n}
 
 
 @dataclass(frozen=True)
@@ -132,11 +95,11 @@ class Peer:
 
 PEERS: tuple[Peer, ...] = (
     Peer("tenseal-flare", "TenSEAL CKKS at NVIDIA FLARE's defaults (degree 8192, [60, 40, 40], scale 2^40)",
-         "benchmarks/bench_he.py:flare_baseline", "ckks", _flare),
+         "securefl.bench.peers.he:flare_baseline", "ckks", _flare),
     Peer("phe-per-value", "phe Paillier, one encryption per value (timed on <= 100 values, extrapolated)",
-         "benchmarks/bench_he.py:per_value_paillier", "paillier", _phe),
+         "securefl.bench.peers.he:per_value_paillier", "paillier", _phe),
     Peer("flower-secaggplus", "Flower SecAggPlusWorkflow, num_shares = n, threshold 0.6, Ray simulation",
-         "benchmarks/flower_secaggplus.py:flower_round_seconds", "secagg", _flower, quick=False),
+         "securefl.bench.peers.flower:round_seconds", "secagg", _flower, quick=False),
 )
 
 

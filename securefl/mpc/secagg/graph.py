@@ -1,15 +1,32 @@
 """SecAgg+ communication graphs and the (k, t) parameter choice of Bell et al. (CCS 2020).
 
-The graph is a random k-regular Harary graph: a public 32-byte seed, drawn by the server for the
-round, is expanded (HKDF + AES-CTR, bound to the session) into a permutation of the n clients
-placed on a ring; each client is joined to the k/2 clients on either side (and, for odd k, to
-the one opposite, which needs n even). k >= n - 1 gives the complete graph of Bonawitz et al.
-A client's share holders are its neighbours and itself (k + 1 parties).
+The graph is a random k-regular Harary graph: a 32-byte seed is expanded (HKDF + AES-CTR, with a
+binding value such as the pinned directory's digest) into a permutation of the n clients placed
+on a ring; each client is joined to the k/2 clients on either side (and, for odd k, to the one
+opposite, which needs n even). k >= n - 1 gives the complete graph of Bonawitz et al. A client's
+share holders are its neighbours and itself (k + 1 parties).
+
+Whose randomness. Bell et al. analyse the graph as random and independent of which clients the
+adversary corrupts; in their semi-honest protocol the server samples it, which a malicious server
+abuses (choosing or grinding neighbourhoods, or showing clients different graphs). securefl
+implements the trusted-setup option: the seed is drawn from the OS CSPRNG (`secrets`) when the
+deployment's configuration is created (RoundConfig.setup_seed) and reaches every client inside that
+configuration (`secagg.Policy.from_config`), and the pinned directory is bound into its expansion.
+Nothing of a round (session id, round number) enters it, so the server has nothing to choose or
+grind. Whoever creates the configuration must (1) not be, or collude with, the server (else it could
+redraw the seed until the graph suits it); (2) fix the directory before drawing the seed, with
+corruptions independent of the graph (static corruption, as Bell et al. assume): the seed is public
+to every party, so create a new configuration (a new seed) when the client population changes; (3)
+deliver the same configuration to every client over a channel the server cannot alter. The other two
+options -- a value derived from the directory and a session id that clients contribute to, or a
+commit-then-reveal among clients -- cost an extra round trip per round and are not implemented.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 from functools import lru_cache
 
 import numpy as np
@@ -21,9 +38,13 @@ _LABEL = b"securefl/secagg/graph"
 
 
 class Graph:
-    """The neighbour relation of one round: nbrs[u] holds u's k neighbours, sorted."""
+    """The neighbour relation of a deployment: nbrs[u] holds u's k neighbours, sorted.
 
-    def __init__(self, n: int, k: int, seed: bytes, session: bytes):
+    seed: 32 bytes of trusted-setup randomness; binding: bytes bound into its expansion (the
+    digest of the pinned directory), so one seed gives unrelated graphs for different directories.
+    """
+
+    def __init__(self, n: int, k: int, seed: bytes, binding: bytes):
         if n < 1:
             raise ConfigError(f"a graph needs at least one client, got n={n}")
         self.n = n
@@ -38,13 +59,15 @@ class Graph:
                 raise ConfigError(f"a {k}-regular graph on {n} clients does not exist (odd k needs even n)")
             half = np.arange(1, k // 2 + 1)
             offsets = np.concatenate([half, -half] + ([np.array([n // 2])] if k % 2 else []))
-        words = Expander(n, np.uint64).expand(stream_key(seed, _LABEL, session, n, self.k))
+        words = Expander(n, np.uint64).expand(stream_key(seed, _LABEL, binding, n, self.k))
         order = np.argsort(words, kind="stable")  # ring position -> client
         pos = np.empty(n, np.int64)
         pos[order] = np.arange(n)
         nbrs = order[(pos[:, None] + offsets[None, :]) % n]
         nbrs.sort(axis=1)
         self.nbrs, self._pos = nbrs, pos
+        ring = b"complete" if self.complete else np.ascontiguousarray(order, "<i8").tobytes()
+        self.digest = hashlib.sha256(_LABEL + struct.pack("<QQ", n, self.k) + ring).digest()  # what setups bind
         self._is_offset = np.zeros(n, bool)
         self._is_offset[offsets % n] = True
 
