@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import secrets
+import sys
 from abc import ABC
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
 from securefl.codec import FixedPoint, Layout, flatten_all
 from securefl.errors import ConfigError, DropoutError, InputError
@@ -43,7 +43,8 @@ def check_weights(weights: object, n: int, weight_bound: float | None) -> tuple[
     if weights is None:
         w = np.ones(n)
     else:
-        if isinstance(weights, torch.Tensor):
+        torch = sys.modules.get("torch")  # weights can be a tensor only if torch is loaded
+        if torch is not None and isinstance(weights, torch.Tensor):
             weights = weights.detach().cpu().tolist()
         if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, (Sequence, np.ndarray)):
             raise InputError(f"weights must be a sequence of {n} non-negative numbers")
@@ -211,6 +212,8 @@ class Aggregator(ABC):
         k = len(totals.included)
         mean_ints = (2 * totals.ints + k) // (2 * k)  # exact round-half-up of sum / k
         mean = layout.unflatten(totals.floats / totals.weight, mean_ints)
+        import torch
+
         total = layout.unflatten(totals.floats * bound, totals.ints, int_dtype=torch.int64)
         report: Report = sim.report(totals.included, clipped_values=clipped, epsilon=totals.epsilon,
                                     delta=None if self.dp is None else self.dp.delta, params=params)

@@ -18,18 +18,37 @@ the parameters raises ConfigError before any cryptography runs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from securefl._kernels import encode_fixed, first_out_of_range
 from securefl.errors import ConfigError, InputError, StructureError
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+if TYPE_CHECKING:
+    import torch
+
+# torch and the Numba kernels load on first use (an update to encode means torch is already loaded):
+# `import securefl` and building an aggregator stay light.
+
+
+@functools.cache
+def float_dtypes() -> tuple[torch.dtype, ...]:
+    """The floating dtypes an update may hold (averaged)."""
+    import torch
+
+    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@functools.cache
+def int_dtypes() -> tuple[torch.dtype, ...]:
+    """The integer dtypes an update may hold (summed exactly)."""
+    import torch
+
+    return (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,7 @@ class TensorSpec:
 
     @property
     def is_int(self) -> bool:
-        return self.dtype in INT_DTYPES
+        return self.dtype in int_dtypes()
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,8 @@ class Flat:
 
 def _entries(update: object, client: int) -> tuple[str, list[tuple[object, torch.Tensor]]]:
     """The structure kind and its (key, tensor) entries in order."""
+    import torch
+
     if isinstance(update, torch.Tensor):
         return "tensor", [(None, update)]
     if isinstance(update, Mapping):
@@ -101,10 +122,10 @@ class Layout:
         specs, f_off, i_off, wide = [], 0, 0, False
         for key, t in items:
             name = _name(kind, key)
-            if t.dtype in FLOAT_DTYPES:
+            if t.dtype in float_dtypes():
                 off, f_off = f_off, f_off + t.numel()
-                wide |= t.dtype == torch.float64
-            elif t.dtype in INT_DTYPES:
+                wide |= t.dtype == float_dtypes()[3]
+            elif t.dtype in int_dtypes():
                 off, i_off = i_off, i_off + t.numel()
             else:
                 raise InputError(f"client {client}: tensor {name!r} has unsupported dtype {t.dtype}")
@@ -151,6 +172,8 @@ class Layout:
     def flatten(self, update: object, client: int) -> Flat:
         """Flatten and validate one client's update: structure, NaN/Inf."""
         tensors = self.check(update, client)
+        import torch
+
         ftype = torch.float64 if self.float_dtype == np.float64 else torch.float32
         fl = [t.detach().reshape(-1) for t, s in zip(tensors, self.specs, strict=True) if not s.is_int]
         il = [t.detach().reshape(-1) for t, s in zip(tensors, self.specs, strict=True) if s.is_int]
@@ -172,6 +195,8 @@ class Layout:
 
         int_dtype, when given, replaces the dtype of integer tensors (sums are widened to int64).
         """
+        import torch
+
         fvec = torch.from_numpy(np.ascontiguousarray(floats, dtype=np.float64))
         ivec = torch.from_numpy(np.ascontiguousarray(ints, dtype=np.int64))
         out = []
@@ -192,11 +217,15 @@ def _cat(parts: list[torch.Tensor], ttype: torch.dtype, ntype: np.dtype) -> np.n
         return np.zeros(0, ntype)
     if len(parts) == 1 and parts[0].device.type == "cpu" and parts[0].dtype == ttype:
         return parts[0].numpy()
+    import torch
+
     return torch.cat([p.to("cpu", ttype) for p in parts]).numpy()
 
 
 def flatten_all(updates: Sequence[object]) -> tuple[Layout, list[Flat]]:
     """Layout of the first update and every update flattened against it."""
+    import torch
+
     if isinstance(updates, (torch.Tensor, Mapping)) or not isinstance(updates, Sequence):
         raise InputError("updates must be a sequence with one entry per client")
     if len(updates) == 0:
@@ -289,6 +318,8 @@ class FixedPoint:
             out = np.empty(nf + ni + 1, self.dtype)
         signed = out.view(self.signed)
         u = rng.random(nf + 1)
+        from securefl._kernels import encode_fixed
+
         clipped = encode_fixed(flat.floats, u[:nf], self.clip, weight * self.scale, signed[:nf])
         if ni:
             self.check_ints(flat, layout, client)
@@ -298,6 +329,8 @@ class FixedPoint:
 
     def check_ints(self, flat: Flat, layout: Layout, client: int) -> None:
         """InputError naming the tensor when an integer value exceeds int_bound (never clipped or wrapped)."""
+        from securefl._kernels import first_out_of_range
+
         bad = first_out_of_range(flat.ints, self.int_bound) if flat.ints.size else -1
         if bad >= 0:
             spec = layout.int_spec_at(bad)

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefl.codec import FixedPoint, Flat, Layout
 from securefl.crypto.prg import SecureUniform
-from securefl.dp.accounting import Accountant
-from securefl.dp.mechanisms import Mechanism
 from securefl.errors import InputError
 from securefl.session import RoundConfig
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
+    from securefl.dp.mechanisms import Mechanism
 
 _UNIFORM = SecureUniform()
 
@@ -42,7 +45,11 @@ class RoundCodec:
         """The codec of `config` for a scheme whose successful rounds hold at least `min_survivors` inputs
         (the client noise of distributed DP is sized for them). `accountant`: where the coordinator charges
         released rounds (a fresh one when not given: the round's own epsilon)."""
-        dp = None if config.dp is None else Mechanism.from_dict(config.dp, accountant)
+        dp = None
+        if config.dp is not None:  # dp-accounting loads only when a round uses DP
+            from securefl.dp.mechanisms import Mechanism
+
+            dp = Mechanism.from_dict(config.dp, accountant)
         n, f, m = config.n, config.frac_bits, max(1, min(int(min_survivors), config.n))
         headroom = 0.0 if dp is None else dp.ring_headroom(f, n, m)
         fixed = FixedPoint.choose(n, clip=config.clip, frac_bits=f, int_bound=config.int_bound, noise_bound=headroom)

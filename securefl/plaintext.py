@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefl.aggregator import Aggregator
-from securefl.dp.accounting import Accountant
 from securefl.encoding import RoundCodec
 from securefl.errors import DropoutError, ProtocolError
 from securefl.keys import Identity
 from securefl.protocol import Coordinator, Party, Totals, UpdateSource
 from securefl.session import ReplayGuard, RoundConfig
 from securefl.wire import SERVER, Channel, Kind, PartyId, Role, peek
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 STAGES = ("upload",)
 

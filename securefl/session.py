@@ -25,20 +25,26 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from securefl.codec import FLOAT_DTYPES, INT_DTYPES, Layout, TensorSpec
+from securefl.codec import Layout, TensorSpec, float_dtypes, int_dtypes
 from securefl.errors import ConfigError, ProtocolError
 from securefl.keys import Directory
 from securefl.wire import SESSION_BYTES
 
+if TYPE_CHECKING:
+    import torch
+
 CONFIG_FORMAT = "securefl-round-config/1"
 SEED_BYTES = 32
-_DTYPES = {str(d).removeprefix("torch."): d for d in FLOAT_DTYPES + INT_DTYPES}
 _JSON_SCALARS = (str, int, float, bool, type(None))
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "bool", "uint8", "int8", "int16", "int32", "int64")
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {str(d).removeprefix("torch."): d for d in float_dtypes() + int_dtypes()}[name]
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,14 @@ class ModelSpec:
         """The codec's Layout (tensors rebuilt on the CPU)."""
         specs, f_off, i_off, wide = [], 0, 0, False
         for name, shape, dtype_name in self.tensors:
-            dtype = _DTYPES[dtype_name]
+            dtype = _dtype(dtype_name)
             numel = math.prod(shape)
-            if dtype in INT_DTYPES:
+            if dtype in int_dtypes():
                 off, i_off = i_off, i_off + numel
             else:
                 off, f_off = f_off, f_off + numel
-                wide |= dtype == torch.float64
-            specs.append(TensorSpec(name, tuple(shape), dtype, torch.device("cpu"), off, numel))
+                wide |= dtype_name == "float64"
+            specs.append(TensorSpec(name, tuple(shape), dtype, _cpu(), off, numel))
         return Layout(self.kind, tuple(self.keys), tuple(specs), np.dtype(np.float64 if wide else np.float32),
                       f_off, i_off)
 
@@ -90,10 +96,16 @@ class ModelSpec:
             raise ConfigError(f"model spec: malformed ({e})") from None
         if kind not in ("tensor", "list", "tuple", "mapping") or not out or len(keys) != len(out):
             raise ConfigError("model spec: unknown kind, no tensors, or keys that do not match the tensors")
-        bad = [dt for _, _, dt in out if dt not in _DTYPES]
+        bad = [dt for _, _, dt in out if dt not in DTYPE_NAMES]
         if bad or any(x < 0 for _, shape, _ in out for x in shape):
             raise ConfigError(f"model spec: unsupported dtype {bad[:1]} or negative dimension")
         return cls(kind, keys, out)
+
+
+def _cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
 
 
 def _canonical(value: object) -> str:

@@ -17,7 +17,6 @@ import os
 
 import numpy as np
 
-from securefl.crypto import _kernels
 from securefl.errors import ProtocolError
 
 P = (1 << 61) - 1
@@ -73,6 +72,8 @@ def split_secrets(secrets: list[bytes], threshold: int, holders: np.ndarray) -> 
     flat = secrets_to_elements(secrets).reshape(-1)
     coeffs = random_elements((flat.size, threshold - 1))
     out = np.empty((holders.size, flat.size), np.uint64)
+    from securefl.crypto import _kernels  # Numba loads on first use
+
     _kernels.share_eval(flat, coeffs, (holders + 1).astype(np.uint64), out)
     return out
 
@@ -87,6 +88,8 @@ def reconstruct(holders: np.ndarray, shares: np.ndarray) -> np.ndarray:
         raise ValueError("holders must be (G, t) and shares (G, t, S)")
     uniq, inverse = np.unique(holders, axis=0, return_inverse=True)
     lam = np.empty(uniq.shape, np.uint64)
+    from securefl.crypto import _kernels
+
     if not _kernels.lagrange_at_zero((uniq + 1).astype(np.uint64), lam):
         raise ValueError("share holders must be distinct non-negative indices")
     out = np.empty((holders.shape[0], shares.shape[2]), np.uint64)

@@ -4,10 +4,9 @@ builds from a RoundConfig (securefl.he.base, securefl.he.server)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from securefl.aggregator import Aggregator
-from securefl.dp.accounting import Accountant
 from securefl.errors import ConfigError
 from securefl.he.base import STAGES, Client, KeyHolder, resolve_min_clients
 from securefl.he.server import Server
@@ -15,6 +14,9 @@ from securefl.keys import Identity
 from securefl.protocol import Coordinator, Party
 from securefl.session import RoundConfig
 from securefl.wire import Role
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 
 class HEAggregator(Aggregator):

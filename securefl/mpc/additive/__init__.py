@@ -24,11 +24,11 @@ client per round is one MAC, not a signature check.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefl.aggregator import Aggregator
-from securefl.dp.accounting import Accountant
 from securefl.errors import ConfigError
 from securefl.keys import Identity
 from securefl.mpc.additive.client import Client
@@ -38,6 +38,9 @@ from securefl.mpc.additive.policy import Policy, resolve_min_clients
 from securefl.protocol import Coordinator, Party
 from securefl.session import RoundConfig
 from securefl.wire import Role
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 __all__ = ["AdditiveSharing", "Client", "Helper", "Leader", "Policy", "resolve_min_clients"]
 

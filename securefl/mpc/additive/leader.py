@@ -4,11 +4,11 @@ must see, fixes the accepted set and learns the sum. Nothing any party's securit
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefl import crypto
-from securefl.dp.accounting import Accountant
 from securefl.errors import AggregatorError, ConfigError, DropoutError, ProtocolError
 from securefl.mpc.additive.policy import (
     MACED_ENVELOPE_BYTES,
@@ -20,6 +20,9 @@ from securefl.mpc.additive.policy import (
 from securefl.protocol import Coordinator, Totals
 from securefl.session import RoundConfig
 from securefl.wire import LEADER, Channel, Kind, PartyId, Reader
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 _REPLY = {"setup": Kind.ADD_KEY, "forward": Kind.ADD_VERDICTS, "accept": Kind.ADD_ENDORSE, "sum": Kind.ADD_PARTIAL}
 

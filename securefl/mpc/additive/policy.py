@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -18,12 +19,14 @@ from cryptography.hazmat.primitives import hashes, hmac
 
 from securefl import crypto
 from securefl.crypto.prg import SEED_BYTES
-from securefl.dp.accounting import Accountant
 from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
 from securefl.keys import Identity
 from securefl.session import RoundConfig, RoundContext
 from securefl.wire import PartyId, Role
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 SCHEME = "additive"
 LABEL_ROUND = b"securefl/additive/round"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from securefl.aggregator import Aggregator
-from securefl.dp.accounting import Accountant
 from securefl.keys import Identity
 from securefl.mpc.secagg.client import Client
 from securefl.mpc.secagg.params import INPUT_STAGE, STAGES, colluders_needed, normalize_options, resolve_parameters
 from securefl.mpc.secagg.server import Server
 from securefl.session import RoundConfig
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 
 class SecAgg(Aggregator):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefl.crypto import shamir
 from securefl.crypto.prg import Expander
-from securefl.dp.accounting import Accountant
 from securefl.encoding import RoundCodec
 from securefl.errors import DropoutError, InputError, ProtocolError
 from securefl.mpc.secagg import messages as msg
@@ -29,6 +29,9 @@ from securefl.mpc.secagg.unmask import Revealed, recover, strip_masks
 from securefl.protocol import Coordinator, Totals
 from securefl.session import RoundConfig
 from securefl.wire import SERVER, Channel, PartyId, Reader, Role, Writer
+
+if TYPE_CHECKING:
+    from securefl.dp.accounting import Accountant
 
 
 @dataclass
