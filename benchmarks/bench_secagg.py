@@ -1,6 +1,6 @@
 """SecAgg / SecAgg+ cost against the hardware floor, and SecAgg+ scaling in n.
 
-Run: python benchmarks/bench_secagg.py [--out bench-out/] [--scaling 100,1000,5000]
+Run: python benchmarks/bench_secagg.py [--out bench-out/] [--scaling 100,300,1000,3000,10000] [--scaling-only]
 
 1. n = 100, m = 100,000, complete graph, 10% of the clients dropped at masked_input, in both threat
    models: active (default: signed keys and the consistency check) and semi-honest
@@ -9,9 +9,12 @@ Run: python benchmarks/bench_secagg.py [--out bench-out/] [--scaling 100,1000,50
    agreements (X25519) and signature operations (Ed25519) are timed separately, in the same run, by
    performing the same number of them. Targets: server and one client each <= 3 x floor + key
    agreements; for the active client also shown with its Ed25519 operations added to the bound.
-2. SecAgg+ (neighbors="auto": k and t from the parameter finder for 5% dropout and 5% corrupt
-   clients), 5% dropped at masked_input, m = 10,000, for each n: median client and server
-   seconds and bytes; a log-log plot in --out.
+2. SecAgg+ (the registry's "secagg+": neighbors="auto", k and t from the parameter finder for 5%
+   dropout and 5% corrupt clients), 5% dropped at masked_input, m = 10,000, n = 100 ... 10,000, each n
+   in a fresh process: setup and one round timed together (wall and CPU), per party CPU and wall
+   seconds (median client, server), bytes, the client's public-key floor, the process's peak memory;
+   the growth of each against n (log-log slope, a + b ln n fit); a log-log plot with log n and n
+   reference lines (--plot, default OUT/secagg_scaling.png). --scaling-only runs just this.
 
 With --baseline DIR (a directory holding another copy of the `securefl` package, e.g. from before a
 refactor), only point 1 runs, in fresh processes alternating between DIR's package and this
@@ -27,14 +30,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from securefl import crypto
+from securefl import crypto, schemes
+from securefl.bench import memory
 from securefl.bench.floors import aes_ctr_throughput
 from securefl.mpc.secagg import SecAgg
+from securefl.simulation import Simulation
 
 
 def updates(n: int, m: int) -> list[torch.Tensor]:
@@ -42,23 +50,25 @@ def updates(n: int, m: int) -> list[torch.Tensor]:
     return [torch.rand(m, generator=g) * 2 - 1 for _ in range(n)]
 
 
-def time_ops(x25519: int, verify: int, sign: int) -> tuple[float, float]:
-    """Seconds of `x25519` key agreements, and of `verify` + `sign` Ed25519 operations, done for real."""
+def time_ops(x25519: int, verify: int, sign: int, clock: Callable[[], float] = time.perf_counter
+             ) -> tuple[float, float]:
+    """Seconds of `x25519` key agreements, and of `verify` + `sign` Ed25519 operations, done for real (`clock`:
+    wall by default, time.thread_time for CPU seconds)."""
     sk, _ = crypto.x25519_keypair()
     peers = [crypto.x25519_keypair()[1] for _ in range(64)]
-    t0 = time.perf_counter()
+    t0 = clock()
     for j in range(x25519):
         crypto.agree(sk, peers[j % 64], "bench")
-    ka = time.perf_counter() - t0
+    ka = clock() - t0
     isk, ipk = crypto.ed25519_keypair()
     msg = os.urandom(200)
     sig = isk.sign(msg)
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(verify):
         crypto.verify(ipk, sig, msg, "bench")
     for _ in range(sign):
         isk.sign(msg)
-    return ka, time.perf_counter() - t0
+    return ka, clock() - t0
 
 
 def floor_run(n: int, m: int, drop_frac: float, throughput: float, signed: bool, repeats: int) -> dict:
@@ -132,43 +142,153 @@ def compare(baseline: Path, n: int, m: int, repeats: int) -> None:
             print(row(f"total {who}", [r[who] for r in before], [r[who] for r in after]))
 
 
+def _cpu_simulation(made: list[Simulation]) -> type[Simulation]:
+    """A Simulation that also counts each party's CPU seconds (thread time: on a machine shared with other work,
+    wall seconds measure the load as much as the code) and records itself in `made`."""
+
+    class CpuSimulation(Simulation):
+        def __init__(self, *args: object, **kwargs: object):
+            super().__init__(*args, **kwargs)
+            self.party_cpu: dict[str, float] = defaultdict(float)
+            made.append(self)
+
+        @contextmanager
+        def clock(self, phase: str, party: str) -> Iterator[None]:
+            c0 = time.thread_time()
+            try:
+                with super().clock(phase, party):
+                    yield
+            finally:
+                self.party_cpu[party] += time.thread_time() - c0
+
+    return CpuSimulation
+
+
+def _vm_hwm() -> int:
+    """This process's peak resident memory so far (VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def scaling_run(n: int, m: int) -> dict:
+    """One SecAgg+ round (the registry's "secagg+": k and t for 5% dropout and 5% corrupt clients) of n clients,
+    5% of them dropped at masked_input, in this process: setup (identities, parties) and round, timed together."""
+    schemes.make("secagg+", seed=0).aggregate(updates(20, 10), dropped={0: "masked_input"})  # Numba, scipy
     rng = np.random.default_rng(1)
     dropped = {int(i): "masked_input" for i in rng.choice(n, n // 20, replace=False)}
-    t0 = time.perf_counter()
-    rep = SecAgg(neighbors="auto", dropout_rate=0.05, corrupt_fraction=0.05, seed=0).aggregate(
-        updates(n, m), dropped=dropped
-    ).report
-    wall = time.perf_counter() - t0
+    ups = updates(n, m)
+    made: list[Simulation] = []
+    agg = schemes.make("secagg+", seed=0)
+    agg.simulation_class = _cpu_simulation(made)
+    with memory.peak_memory() as added:
+        t0, c0 = time.perf_counter(), time.process_time()
+        rep = agg.aggregate(ups, dropped=dropped).report
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sim = made[-1]
     fin = [f"client/{i}" for i in rep.survivors]
+    k, t = rep.params["neighbors"], rep.params["threshold"]
+    # a client's public-key work: 2k agreements, k + t signature checks, 2 signatures
+    ka, sig = time_ops(2 * k, k + t, 2, time.thread_time)
     return {
-        "n": n, "m": m, "k": rep.params["neighbors"], "t": rep.params["threshold"], "wall_s": wall,
+        "n": n, "m": m, "k": k, "t": t, "dropped": len(dropped), "ring_bits": rep.params["ring_bits"],
+        "wall_s": wall, "cpu_s": cpu, "round_s": sum(rep.party_seconds.values()),
+        "round_cpu_s": sum(sim.party_cpu.values()),
         "client_s": statistics.median(rep.party_seconds[c] for c in fin),
-        "server_s": rep.party_seconds["server"],
+        "client_cpu_s": statistics.median(sim.party_cpu[c] for c in fin),
+        "client_max_cpu_s": max(sim.party_cpu[c] for c in fin),
+        "client_pk_floor_s": ka + sig,
+        "server_s": rep.party_seconds["server"], "server_cpu_s": sim.party_cpu["server"],
         "client_bytes": statistics.median(rep.bytes_sent[c] + rep.bytes_received[c] for c in fin),
         "server_bytes": rep.bytes_sent["server"] + rep.bytes_received["server"],
+        "peak_rss_bytes": _vm_hwm(), "round_added_bytes": added.bytes,
     }
 
 
+def scaling_sweep(ns: list[int], m: int) -> list[dict]:
+    """scaling_run for each n in a fresh process (so each point's peak memory is its own), rows printed as they come."""
+    print(f"{'n':>6} {'k':>3} {'t':>3} {'ring':>4} {'client cpu s':>12} {'(pk floor)':>10} {'client wall s':>13} "
+          f"{'server cpu s':>12} {'client KB':>9} {'server MB':>9} {'wall s':>7} {'cpu s':>7} {'peak MB':>8}")
+    rows = []
+    for n in ns:
+        out = subprocess.run([sys.executable, __file__, "--scaling-worker", f"{n},{m}"], check=True,
+                             capture_output=True, text=True).stdout
+        r = json.loads(out.splitlines()[-1])
+        rows.append(r)
+        print(f"{r['n']:>6} {r['k']:>3} {r['t']:>3} {r['ring_bits']:>4} {r['client_cpu_s']:>12.4f} "
+              f"{r['client_pk_floor_s']:>10.4f} {r['client_s']:>13.4f} {r['server_cpu_s']:>12.3f} "
+              f"{r['client_bytes'] / 1e3:>9.1f} {r['server_bytes'] / 1e6:>9.1f} {r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} "
+              f"{r['peak_rss_bytes'] / 2**20:>8.0f}", flush=True)
+    return rows
+
+
+def growth(ns: list[int], ys: list[float]) -> dict:
+    """How ys grows with n: the log-log slope (n^slope), the least-squares fit a + b ln n with its R^2, and the
+    growth from the first to the last n beside that of log n and of n."""
+    x, y = np.log(np.asarray(ns, float)), np.asarray(ys, float)
+    slope = float(np.polyfit(x, np.log(y), 1)[0])
+    b, a = np.polyfit(x, y, 1)
+    r2 = 1 - float(((y - (a + b * x)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-300))
+    return {"loglog_slope": slope, "a": float(a), "b_per_ln_n": float(b), "r2_log_fit": r2,
+            "growth": float(y[-1] / y[0]), "log_n_growth": float(x[-1] / x[0]), "n_growth": ns[-1] / ns[0]}
+
+
+def describe(name: str, g: dict) -> str:
+    return (f"{name}: x{g['growth']:.2f} (log n: x{g['log_n_growth']:.2f}, n: x{g['n_growth']:.0f}); log-log slope "
+            f"{g['loglog_slope']:.3f}; fit {g['a']:.4g} + {g['b_per_ln_n']:.4g} ln n (R^2 {g['r2_log_fit']:.3f})")
+
+
 def plot(rows: list[dict], path: Path) -> None:
+    """Log-log: client (median) and server CPU seconds and bytes against n, with log n and n reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = [r["n"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.loglog(ns, [r["client_s"] for r in rows], "o-", label="client (median)")
-    a.loglog(ns, [r["server_s"] for r in rows], "s-", label="server")
-    a.set(xlabel="clients n", ylabel="seconds", title=f"SecAgg+ time, m = {rows[0]['m']}")
-    b.loglog(ns, [r["client_bytes"] for r in rows], "o-", label="client (median)")
-    b.loglog(ns, [r["server_bytes"] for r in rows], "s-", label="server")
-    b.set(xlabel="clients n", ylabel="bytes sent + received", title="SecAgg+ traffic")
-    for ax in (a, b):
-        ax.legend()
+    ns = np.array([r["n"] for r in rows], float)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    panels = (("client_cpu_s", "server_cpu_s", "CPU seconds", "time"), ("client_bytes", "server_bytes",
+                                                                       "bytes sent + received", "traffic"))
+    for ax, (client, server, unit, what) in zip(axes, panels, strict=True):
+        c, s = np.array([r[client] for r in rows]), np.array([r[server] for r in rows])
+        ax.loglog(ns, c, "o-", color="C0", label="client (median)")
+        ax.loglog(ns, s, "s-", color="C1", label="server")
+        if client == "client_cpu_s":
+            ax.loglog(ns, [r["client_pk_floor_s"] for r in rows], "^:", color="grey", ms=4,
+                      label="client public-key floor")
+        ax.loglog(ns, c[0] * np.log(ns) / np.log(ns[0]), "--", color="C0", alpha=0.5, label="∝ log n")
+        ax.loglog(ns, s[0] * ns / ns[0], ":", color="C1", alpha=0.6, label="∝ n")
+        ax.set(xlabel="clients n", ylabel=unit, title=f"SecAgg+ {what}, m = {rows[0]['m']:,}, 5% dropped")
+        ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def scaling(spec: str, m: int, out: Path, plot_path: Path | None = None) -> list[dict]:
+    """The SecAgg+ sweep over the comma-separated n of `spec`: the table, the growth fits, the plot."""
+    ns = [int(x) for x in spec.split(",") if x]
+    if not ns:
+        return []
+    print(f"\n== SecAgg+ scaling (registry 'secagg+': neighbors=auto for 5% dropout / 5% corrupt), m={m:,}, 5% dropped "
+          "at masked_input; one process per n: setup (identities, parties) + one round ==")
+    print("cpu = thread CPU seconds of the party (wall is inflated by other work on a shared machine); pk floor = "
+          "the client's 2k X25519 agreements, k + t Ed25519 checks and 2 signatures, timed alone; "
+          "peak = the process's VmHWM")
+    t0 = time.perf_counter()
+    rows = scaling_sweep(ns, m)
+    print(f"sweep wall {time.perf_counter() - t0:.0f} s")
+    if len(rows) > 1:
+        ns = [r["n"] for r in rows]
+        for label, key in (("client CPU s", "client_cpu_s"), ("client bytes", "client_bytes"),
+                           ("server CPU s", "server_cpu_s"), ("server bytes", "server_bytes")):
+            g = growth(ns, [r[key] for r in rows])
+            rows[-1].setdefault("growth", {})[key] = g
+            print(describe(label, g))
+        print(f"k: {rows[0]['k']} -> {rows[-1]['k']}, t: {rows[0]['t']} -> {rows[-1]['t']}")
+        path = plot_path or out / "secagg_scaling.png"
+        plot(rows, path)
+        print(f"plot: {path}")
+    return rows
 
 
 def verdict(got: float, bound: float) -> str:
@@ -181,8 +301,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--m", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=2, help="rounds per threat model at the floor point (best is kept)")
-    ap.add_argument("--scaling", default="100,1000,5000", help="comma-separated n for SecAgg+ scaling ('' to skip)")
+    ap.add_argument("--scaling", default="100,300,1000,3000,10000",
+                    help="comma-separated n for SecAgg+ scaling ('' to skip)")
     ap.add_argument("--scaling-m", type=int, default=10_000)
+    ap.add_argument("--scaling-only", action="store_true", help="run only the SecAgg+ scaling sweep")
+    ap.add_argument("--plot", type=Path, help="where the scaling plot goes (default: OUT/secagg_scaling.png)")
+    ap.add_argument("--scaling-worker", help=argparse.SUPPRESS)  # "n,m": one scaling_run, as JSON
     ap.add_argument("--baseline", type=Path, help="compare point 1, stage by stage, with the securefl package in DIR")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # "n,m,signed": one round, its timings as JSON (--baseline)
     args = ap.parse_args()
@@ -190,11 +314,19 @@ def main() -> None:
         n, m, signed = (int(x) for x in args.worker.split(","))
         print(json.dumps(one_round(n, m, bool(signed))))
         return
+    if args.scaling_worker:
+        n, m = (int(x) for x in args.scaling_worker.split(","))
+        print(json.dumps(scaling_run(n, m)))
+        return
     if args.baseline:
         compare(args.baseline, args.n, args.m, args.repeats)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.scaling_only:
+        rows = scaling(args.scaling, args.scaling_m, out, args.plot)
+        (out / "bench_secagg_scaling.json").write_text(json.dumps(rows, indent=2, default=float))
+        return
 
     SecAgg(seed=0).aggregate(updates(4, 10), dropped={0: "masked_input"})  # load the Numba kernels
     thr = aes_ctr_throughput()
@@ -228,24 +360,7 @@ def main() -> None:
     print(f"\nsemi-honest vs active: client {h['client_s']:.3f} s vs {a['client_s']:.3f} s, "
           f"server {h['server_s']:.3f} s vs {a['server_s']:.3f} s")
 
-    rows = []
-    ns = [int(x) for x in args.scaling.split(",") if x]
-    if ns:
-        print(f"\n== SecAgg+ scaling (neighbors=auto for 5% dropout / 5% corrupt), m={args.scaling_m}, "
-              "5% dropped at masked_input ==")
-        print(f"{'n':>6} {'k':>4} {'t':>4} {'client s':>9} {'server s':>9} {'client MB':>10} {'server MB':>10} "
-              f"{'wall s':>7}")
-        for n in ns:
-            r = scaling_run(n, args.scaling_m)
-            rows.append(r)
-            print(f"{r['n']:>6} {r['k']:>4} {r['t']:>4} {r['client_s']:>9.4f} {r['server_s']:>9.3f} "
-                  f"{r['client_bytes'] / 1e6:>10.3f} {r['server_bytes'] / 1e6:>10.2f} {r['wall_s']:>7.1f}", flush=True)
-        if len(rows) > 1:
-            growth = rows[-1]["client_s"] / rows[0]["client_s"]
-            print(f"client seconds grow x{growth:.2f} for n x{rows[-1]['n'] / rows[0]['n']:.0f} "
-                  f"(k: {rows[0]['k']} -> {rows[-1]['k']}, log n: x{np.log(rows[-1]['n']) / np.log(rows[0]['n']):.2f})")
-        plot(rows, out / "secagg_scaling.png")
-        print(f"plot: {out / 'secagg_scaling.png'}")
+    rows = scaling(args.scaling, args.scaling_m, out, args.plot)
     (out / "bench_secagg.json").write_text(json.dumps({"aes_ctr_bytes_per_s": thr, "floor": modes, "scaling": rows},
                                                       indent=2, default=float))
 

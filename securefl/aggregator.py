@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import secrets
 import sys
 from abc import ABC
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -24,6 +25,23 @@ if TYPE_CHECKING:
     from securefl.dp.accounting import Accountant
     from securefl.dp.mechanisms import Mechanism
     from securefl.protocol import Coordinator, Party, Totals
+
+
+Floor = tuple[float, float, str]  # one party kind's floor: (AES-CTR keystream bytes, ring bytes added, what it is)
+
+
+def init_keywords(cls: type) -> frozenset[str]:
+    """Keyword parameters of cls.__init__, and of each base's __init__ it hands **kwargs on to."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return frozenset(names)
 
 
 @dataclass
@@ -66,6 +84,22 @@ def check_weights(weights: object, n: int, weight_bound: float | None) -> tuple[
     if over.size:
         raise InputError(f"client {over[0]}: weight {w[over[0]]} exceeds weight_bound={bound}")
     return w / bound, bound
+
+
+@dataclass(frozen=True)
+class RoleView:
+    """What one kind of party of a scheme, or one coalition, learns of the updates (read by securefl.audit).
+
+    sees: "nothing" (no plaintext of another client's update: shares, ciphertexts, masked words),
+    "sum" (the sum of the round's included updates) or "updates" (an individual update). released:
+    it sees that value only after the decoding party's central DP noise (a party that adds the noise
+    itself, or sees the value before, has released=False). The audit takes each party's epsilon from it.
+    """
+
+    learns_alone: str  # what it learns on its own (a coalition: together)
+    exposes_one_update: str  # who must join it to learn one client's update ("-" for a coalition that does)
+    sees: Literal["nothing", "sum", "updates"]
+    released: bool = False
 
 
 class Aggregator(ABC):
@@ -157,6 +191,39 @@ class Aggregator(ABC):
     def roles(self) -> tuple[int, bool]:
         """Identities the scheme needs besides its clients: (number of helpers, whether a key holder)."""
         return 0, False
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The scheme options its constructor takes beyond the Aggregator ones (clip, seed, dp, ...): the keyword
+        parameters of its __init__ and of each base's it passes **kwargs to. The registry checks options against it."""
+        return init_keywords(cls) - init_keywords(Aggregator)
+
+    def scales_in_n(self) -> bool:
+        """Whether a client's cost grows more slowly than the number of clients (SecAgg+'s sparse graph): the bench
+        sweeps such configurations to large n."""
+        return False
+
+    @classmethod
+    def floor(cls, n: int, m: int, survivors: int, params: Mapping[str, Any],
+              traffic: Mapping[str, tuple[float, float]]) -> dict[str, Floor]:
+        """The work no implementation of the scheme can avoid in one round of n clients (`survivors` of them in the
+        sum) and m float parameters, per party kind (one party of it): the bench's hardware floor. params: the
+        round's report.params; traffic: per party kind, the measured (bytes sent, bytes received) per party.
+        Default, for schemes without a keystream model (the HE schemes): reading once the bytes a client sends or
+        an aggregating party receives."""
+        return {kind: (0.0, sent if kind == "client" else received, "read bytes once")
+                for kind, (sent, received) in traffic.items()}
+
+    @staticmethod
+    def ring_vector_bytes(m: int, params: Mapping[str, Any]) -> int:
+        """Bytes of one encoded update of m floats and the weight slot in the round's ring (params: report.params)."""
+        return (m + 1) * int(params.get("ring_bits", 32)) // 8
+
+    def roles_view(self, params: Mapping[str, object]) -> dict[str, RoleView]:
+        """Per party kind ("server", "client", ...) and per coalition that exposes an update ("server + 2 share
+        holders"): what it learns, who must collude with it, what it sees (the audit's epsilon basis), for a
+        round whose report.params are `params`. Each scheme states its own; {} means not stated."""
+        return {}
 
     @classmethod
     def party(cls, config: RoundConfig, identity: Identity, state: bytes | None = None) -> Party:

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from securefl.datasets import federated_digits
     from securefl.fedavg import train
 
+    if args.engine == "flower":  # the same training through Flower's simulation engine (the flower extra)
+        from securefl.flower.training import train
     agg = _aggregator(args)
     stage = args.dropout_stage or agg.input_stage
     if stage not in agg.stages:
@@ -162,14 +165,14 @@ def _mechanism(args: argparse.Namespace) -> object:
 
 
 def _add_scheme_options(p: argparse.ArgumentParser) -> None:
-    takes = ", ".join(n for n in schemes.names() if "neighbors" in schemes.options(n))
+    # the help names no scheme: which take these options is on their classes, and --help loads no scheme library
     p.add_argument("--aggregator", choices=schemes.names(), default=DEFAULT_AGGREGATOR)
     p.add_argument("--neighbors", type=_neighbors, metavar="{auto,complete,K}",
-                   help=f"({takes}) share holders per client: 'auto' (SecAgg+ parameter finder, for the run's "
-                        "--dropout), 'complete' (every other client) or an integer K >= 2")
+                   help="(schemes with share holders) share holders per client: 'auto' (SecAgg+ parameter finder, "
+                        "for the run's --dropout), 'complete' (every other client) or an integer K >= 2")
     p.add_argument("--threshold", type=_threshold, metavar="T",
-                   help=f"({takes}) shares needed to reconstruct: an integer count, or a fraction in (0, 1] of "
-                        "the share holders")
+                   help="(schemes with share holders) shares needed to reconstruct: an integer count, or a fraction "
+                        "in (0, 1] of the share holders")
 
 
 def _neighbors(text: str) -> str | int:
@@ -210,28 +213,60 @@ def _add_dp_options(p: argparse.ArgumentParser, default_help: str) -> None:
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
-    from securefl.dp import audit
+    from securefl import audit
 
+    if args.run:
+        return _audit_run(args, console)
     agg = _aggregator(args)
-    report = audit.privacy_report(agg, clients=args.clients, dim=args.dim, seed=args.seed)
+    t0 = time.perf_counter()
+    report = audit.privacy_report(agg, clients=args.clients, dim=args.dim, seed=args.seed, rounds=args.rounds)
     console.print(report.to_markdown(), markup=False, soft_wrap=True)
-    check = audit.transcript_check(agg, clients=args.clients, seed=args.seed)
-    verdict = "indistinguishable" if check.indistinguishable else "DISTINGUISHABLE"
-    console.print(f"transcript check: what {check.party} receives with all-zero vs large inputs: chi-square "
-                  f"p = {check.p_value:.3g} over {check.bytes_compared} bytes -> {verdict} (alpha {check.alpha:g})",
-                  markup=False)
-    one = audit.one_run_audit(agg, canaries=args.canaries, seed=args.seed)
-    bound = "no DP: nothing to compare" if one.epsilon_accountant is None else (
-        f"accountant epsilon {one.epsilon_accountant:.3f}")
-    console.print(f"one-run audit (Steinke, Nasr, Jagielski 2023): {one.canaries} canaries, "
-                  f"{one.correct}/{one.guesses} guesses right -> epsilon >= {one.epsilon_lower_bound:.3f} "
-                  f"at {one.confidence:.0%} confidence ({bound})", markup=False)
+    t1 = time.perf_counter()
+    check = audit.transcript_check(agg, clients=args.clients, dim=args.dim, seed=args.seed)
+    console.print(check.summary(), markup=False)
+    t2 = time.perf_counter()
+    one = audit.one_run_audit(agg, canaries=args.canaries, per_round=args.clients, seed=args.seed)
+    for line in one.explain(report):
+        console.print(line, markup=False)
+    t3 = time.perf_counter()
+    console.print(f"seconds: privacy report {t1 - t0:.1f}, transcript check {t2 - t1:.1f}, one-run audit {t3 - t2:.1f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         out = {"report": report.to_dict(), "transcript_check": {**vars(check), "indistinguishable":
                check.indistinguishable}, "one_run_audit": vars(one)}
         Path(args.json).write_text(json.dumps(out, indent=2))
         console.print(f"audit written to {args.json}")
+    return 0
+
+
+def _audit_run(args: argparse.Namespace, console: Console) -> int:
+    """`securefl audit --run`: train the digits example with canary clients; epsilon, lower bound, accuracy."""
+    from securefl import audit
+    from securefl.datasets import federated_digits
+
+    agg = _aggregator(args)
+    data = federated_digits(args.clients, args.alpha, args.seed)
+    dp_text = "no DP" if agg.dp is None else (f"{args.dp} noise z={agg.dp.noise_multiplier:.4g}, clip {args.clip:g}, "
+                                              f"q={args.sample_rate:g}, delta={args.delta:g}")
+    console.print(f"securefl audit --run: {args.aggregator}, {args.clients} clients + {args.canaries} canary clients "
+                  f"on digits, {args.rounds} rounds x {args.local_epochs} local epochs, model {args.model}, {dp_text}",
+                  markup=False)
+
+    def on_round(r: audit.RunRound) -> None:
+        eps = "inf (no DP)" if r.epsilon is None else f"{r.epsilon:.3f}"
+        console.print(f"round {r.round:3d}  acc {r.accuracy:6.2%}  accountant epsilon {eps}  lower bound "
+                      f"{r.lower_bound:.3f} ({r.correct}/{r.guesses} right)  canaries in the sum {r.canaries}",
+                      markup=False)
+
+    res = audit.audit_run(agg, data, canaries=args.canaries, rounds=args.rounds, sample_rate=args.sample_rate,
+                          seed=args.seed, on_round=on_round, model=args.model, local_epochs=args.local_epochs,
+                          lr=args.lr)
+    console.print(res.to_markdown(), markup=False, soft_wrap=True)
+    console.print(f"plot written to {res.plot(args.plot)}", markup=False)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(res.to_json())
+        console.print(f"audit written to {args.json}", markup=False)
     return 0
 
 
@@ -259,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=16)
     run.add_argument("--value-clip", type=float, default=8.0, help="each update value is clipped to [-v, v]")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--engine", choices=["in-process", "flower"], default="in-process",
+                     help="in-process (default) or flower: every client a SuperNode of Flower's simulation engine, "
+                          "the server Flower's FedAvg with securefl's SecureStrategy (docs/flower.md)")
     run.add_argument("--json", metavar="PATH", help="write per-round metrics as JSON")
     _add_dp_options(run, "none, or with --target-epsilon distributed where the scheme supports it, else central")
     run.add_argument("--target-epsilon", type=float, metavar="EPS",
@@ -267,9 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     aud = sub.add_parser("audit", help="privacy report of a configuration, with empirical checks")
     _add_scheme_options(aud)
-    aud.add_argument("--clients", type=int, default=6, help="clients in the audited round")
-    aud.add_argument("--dim", type=int, default=256, help="values per update in the audited round")
-    aud.add_argument("--canaries", type=int, default=500, help="canaries of the one-run audit")
+    aud.add_argument("--run", action="store_true",
+                     help="audit a whole training run of the digits example (canary clients in every round) instead "
+                          "of one round; writes a plot (--plot)")
+    aud.add_argument("--clients", type=int, default=None,
+                     help="clients in the audited round (default 6), or in the training run (default 10)")
+    aud.add_argument("--dim", type=int, default=256, help="values per update in the audited round and the transcript "
+                                                          "check's rounds")
+    aud.add_argument("--canaries", type=int, default=None,
+                     help="canary clients of the one-run audit (default 400, in rounds of --clients), or of the run "
+                          "(default 100, each in every round it is sampled for)")
+    aud.add_argument("--rounds", type=int, default=10,
+                     help="rounds the cumulative epsilon is given for; with --run, training rounds")
+    aud.add_argument("--target-epsilon", type=float, metavar="EPS",
+                     help="choose the noise multiplier that spends this epsilon over --rounds at --sample-rate")
+    aud.add_argument("--local-epochs", type=int, default=2, help="(--run) local epochs per round")
+    aud.add_argument("--lr", type=float, default=0.05, help="(--run) client learning rate")
+    aud.add_argument("--alpha", type=float, default=0.5, help="(--run) Dirichlet label skew of the client split")
+    aud.add_argument("--model", choices=["mlp", "cnn"], default="mlp", help="(--run) the model")
+    aud.add_argument("--plot", metavar="PNG", default="audit-run.png", help="(--run) where the plot goes")
     aud.add_argument("--value-clip", type=float, default=8.0, help="each update value is clipped to [-v, v]")
     aud.add_argument("--seed", type=int, default=0)
     aud.add_argument("--json", metavar="PATH", help="write the report and checks as JSON")
@@ -310,8 +364,12 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if (a.neighbors is not None or a.threshold is not None) and "neighbors" not in schemes.options(a.aggregator):
         takes = " and ".join(n for n in schemes.names() if "neighbors" in schemes.options(n))
         p.error(f"--neighbors and --threshold apply to {takes} only, not --aggregator {a.aggregator}")
-    if a.command == "audit" and (a.clients < 2 or a.dim < 1 or a.canaries < 2):
-        p.error("--clients must be >= 2, --dim >= 1 and --canaries >= 2")
+    if a.command == "audit":
+        a.clients = a.clients if a.clients is not None else 10 if a.run else 6
+        a.canaries = a.canaries if a.canaries is not None else 100 if a.run else 400
+        if a.clients < (1 if a.run else 2) or a.dim < 1 or a.canaries < 2 or a.rounds < 1 or a.local_epochs < 1:
+            p.error("--clients must be >= 2 (>= 1 with --run), --dim, --rounds and --local-epochs >= 1, "
+                    "--canaries >= 2")
     if a.command == "run":
         if a.clients < 1 or a.rounds < 1 or a.local_epochs < 1 or a.batch_size < 1:
             p.error("--clients, --rounds, --local-epochs and --batch-size must be >= 1")

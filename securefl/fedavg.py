@@ -3,8 +3,10 @@
 Each round every selected client trains the global model on its own shard, its update (local
 minus global state, integer buffers included) goes through the aggregator, and the global model
 moves by the aggregated mean. With `sample_rate` q < 1 each client is selected for a round
-independently with probability q (Poisson sampling, the sampling that DP accounting amplifies);
-sampled-out clients are simply absent. Each selected client drops with probability `dropout` at
+independently with probability q (Poisson sampling, the sampling that DP accounting amplifies),
+drawn from the OS CSPRNG: amplification holds only against an observer who cannot predict who took
+part, so the sample never comes from `seed`; sampled-out clients are simply absent. Each selected
+client drops with probability `dropout` at
 `dropout_stage` (default: the scheme's input stage): it takes part in the protocol up to that
 stage and then vanishes, so the scheme's recovery runs (SecAgg's server reconstructs the masks
 of clients that shared their keys but sent no input). The mean is weighted by sample counts;
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from securefl.aggregator import Aggregator
+from securefl.crypto.prg import SecureUniform
 from securefl.datasets import Federated
 from securefl.errors import DropoutError, InputError
 
@@ -173,7 +176,7 @@ def train(
     local = make_model(model, data.num_features, data.num_classes)
     gen = torch.Generator().manual_seed(seed)
     drop_rng = np.random.default_rng(seed)
-    sample_rng = np.random.default_rng([seed, 1])
+    sample_rng = SecureUniform()  # the DP amplification by sampling holds only if nobody can predict the sample
     n = len(data.clients)
     weights = [1 if aggregator.dp is not None else len(y) for _, y in data.clients]
     num_params = sum(v.numel() for v in net.state_dict().values() if v.is_floating_point())

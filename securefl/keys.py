@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from securefl.errors import ConfigError, InputError, ProtocolError
+from securefl.jsonfile import JsonRecord
 from securefl.wire import KEYHOLDER, PartyId, Role
 
 PUBLIC_KEY_BYTES = 32
@@ -138,13 +139,15 @@ class Identity:
         return f"Identity({self.party}, public={self.public_key.hex()[:16]}...)"
 
 
-class Directory(Mapping[PartyId, bytes]):
+class Directory(JsonRecord, Mapping[PartyId, bytes]):
     """The pinned public identities of a federation: party -> raw 32-byte Ed25519 public key (the mapping),
     plus each party's static X25519 agreement key (`agreement_key`).
 
     Clients must be client/0 ... client/(n-1), helpers helper/1 ... helper/(K-1); at most one key
     holder. Immutable once built; its fingerprint (SHA-256 of the canonical JSON) names it.
     """
+
+    record = "directory"
 
     def __init__(self, entries: Mapping[PartyId | str, tuple[bytes, bytes]]):
         table: dict[PartyId, bytes] = {}
@@ -171,6 +174,7 @@ class Directory(Mapping[PartyId, bytes]):
         self._table = dict(sorted(table.items()))
         self._agree = dict(sorted(agree.items()))
         self._fingerprint = hashlib.sha256(self.to_json().encode()).digest()
+        self._clients = sum(p.role == Role.CLIENT for p in self._table)  # counted once: read by every party
 
     @staticmethod
     def _check_indices(table: Mapping[PartyId, bytes], role: Role, first: int) -> None:
@@ -196,7 +200,7 @@ class Directory(Mapping[PartyId, bytes]):
     @property
     def clients(self) -> int:
         """Number of clients (n): client/0 ... client/(n-1)."""
-        return sum(p.role == Role.CLIENT for p in self._table)
+        return self._clients
 
     @property
     def helpers(self) -> int:
@@ -257,23 +261,6 @@ class Directory(Mapping[PartyId, bytes]):
                         for k, v in parties.items()})
         except (TypeError, ValueError, KeyError) as e:
             raise ConfigError(f"directory: bad entry: {e!r}") from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Directory:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"directory: not JSON: {e}") from None
-        return cls.from_dict(data)
-
-    def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Directory:
-        return cls.from_json(Path(path).read_text())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Directory) and other._fingerprint == self._fingerprint

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from securefl.aggregator import Aggregator
+from securefl.aggregator import Aggregator, Floor, RoleView
 from securefl.encoding import RoundCodec
 from securefl.errors import DropoutError, ProtocolError
 from securefl.keys import Identity
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 STAGES = ("upload",)
 
 
+def _load_guard(state: bytes, who: PartyId) -> ReplayGuard:
+    try:
+        data = json.loads(state)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"{who}: saved state is not this client's JSON state") from None
+    return ReplayGuard.from_dict(data)
+
+
 class Client(Party):
     """Encodes its own update and sends it in the clear when the server asks."""
 
@@ -37,7 +45,7 @@ class Client(Party):
         if self.id.role != Role.CLIENT or self.id.index >= config.n:
             raise ProtocolError(f"{self.id}: not a client of this configuration's directory")
         self._codec = RoundCodec.of(config, config.n)
-        self._guard = ReplayGuard.from_dict(json.loads(state)) if state else ReplayGuard()
+        self._guard = _load_guard(state, self.id) if state else ReplayGuard()
         self.clipped = 0
 
     def handle(self, message: bytes, update: UpdateSource | None = None) -> bytes:
@@ -108,6 +116,17 @@ class Plaintext(Aggregator):
     stages = STAGES
     input_stage = "upload"
     threat_model = "the server (it sees every update in the clear)"
+
+    def roles_view(self, params: Mapping[str, object]) -> dict[str, RoleView]:
+        return {"server": RoleView("every client's update in the clear", "nobody: it sees each one alone", "updates"),
+                "client": RoleView("its own update only", "the server, alone", "nothing")}
+
+    @classmethod
+    def floor(cls, n: int, m: int, survivors: int, params: Mapping[str, Any],
+              traffic: Mapping[str, tuple[float, float]]) -> dict[str, Floor]:
+        """A client writes its encoding; the server adds the survivors' vectors."""
+        vec = cls.ring_vector_bytes(m, params)
+        return {"client": (0.0, vec, "write the encoding"), "server": (0.0, survivors * vec, "add")}
 
     @classmethod
     def party(cls, config: RoundConfig, identity: Identity, state: bytes | None = None) -> Party:

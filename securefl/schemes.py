@@ -1,14 +1,16 @@
-"""Named, ready-to-use configurations of every scheme, shared by `securefl run`, `bench` and `audit`.
+"""The scheme registry: the one place a scheme is registered, read by `securefl run`, `bench`, `audit` and Flower.
 
 An entry names its class by module path and imports it on first use, so listing the schemes (the
-command line's --help) loads no scheme library. `make` checks scheme options (neighbors, threshold,
-...) against the entry, so a misplaced option is an InputError naming what the scheme takes.
+command line's --help) loads no scheme library. Everything else about a scheme is on its class
+(securefl.aggregator.Aggregator): stages, roles, threat model, the options its constructor takes
+(`option_names`), its hardware floor model (`floor`) and scaling behaviour (`scales_in_n`). `make`
+checks options against the class, so a misplaced option is an InputError naming what the scheme takes.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,21 +19,17 @@ from securefl.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from securefl.aggregator import Aggregator
 
-# options every Aggregator takes; anything else is a scheme option and must be listed by the entry
-COMMON_OPTIONS = frozenset({"clip", "frac_bits", "int_bound", "weight_bound", "seed", "dp"})
-SECAGG_OPTIONS = frozenset({"threshold", "neighbors", "dropout_rate", "corrupt_fraction", "signed_keys",
-                            "consistency_check"})
+BASELINE = "plaintext"  # the scheme every other one is measured against (the bench's ratios)
 DP_KINDS = ("distributed", "central")  # DistributedGaussian, GaussianMechanism
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered configuration: the class ("module:Class", imported on first use), the scheme
-    options it sets unless the caller does, and the scheme options a caller may set."""
+    """A registered configuration: the class ("module:Class", imported on first use) and the scheme options it sets
+    unless the caller does."""
 
     target: str
     defaults: Mapping[str, object] = field(default_factory=dict)
-    options: frozenset[str] = frozenset()
 
     def load(self) -> type[Aggregator]:
         module, _, name = self.target.partition(":")
@@ -41,16 +39,15 @@ class Entry:
         return self.load()(**{**self.defaults, **options})
 
 
-SCHEMES: dict[str, Callable[..., Aggregator]] = {
-    "plaintext": Entry("securefl.plaintext:Plaintext"),
-    "additive": Entry("securefl.mpc.additive:AdditiveSharing", {"num_aggregators": 3},
-                      frozenset({"num_aggregators", "min_clients"})),
-    "secagg": Entry("securefl.mpc.secagg:SecAgg", {"threshold": 0.6}, SECAGG_OPTIONS),
+SCHEMES: dict[str, Entry | type[Aggregator]] = {
+    BASELINE: Entry("securefl.plaintext:Plaintext"),
+    "additive": Entry("securefl.mpc.additive:AdditiveSharing", {"num_aggregators": 3}),
+    "secagg": Entry("securefl.mpc.secagg:SecAgg", {"threshold": 0.6}),
     # SecAgg+: (k, t) from the parameter finder for the run's dropout rate and 5% corrupt clients
-    "secagg+": Entry("securefl.mpc.secagg:SecAgg",
-                     {"neighbors": "auto", "dropout_rate": 0.05, "corrupt_fraction": 0.05}, SECAGG_OPTIONS),
-    "ckks": Entry("securefl.he.ckks:CKKS", {}, frozenset({"poly_modulus_degree"})),
-    "paillier": Entry("securefl.he.paillier:Paillier", {}, frozenset({"key_bits"})),
+    "secagg+": Entry("securefl.mpc.secagg:SecAgg", {"neighbors": "auto", "dropout_rate": 0.05,
+                                                    "corrupt_fraction": 0.05}),
+    "ckks": Entry("securefl.he.ckks:CKKS"),
+    "paillier": Entry("securefl.he.paillier:Paillier"),
 }
 
 
@@ -59,28 +56,35 @@ def names() -> list[str]:
     return list(SCHEMES)
 
 
-def _factory(name: str) -> Callable[..., Aggregator]:
+def _factory(name: str) -> Entry | type[Aggregator]:
     try:
         return SCHEMES[name]
     except KeyError:
         raise InputError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEMES)}") from None
 
 
-def options(name: str) -> frozenset[str]:
-    """The scheme options (beyond the Aggregator ones) that `make(name, ...)` accepts."""
+def scheme_class(name: str) -> type[Aggregator]:
+    """The Aggregator class registered as `name` (its module is imported now)."""
     factory = _factory(name)
-    return factory.options if isinstance(factory, Entry) else frozenset()
+    return factory.load() if isinstance(factory, Entry) else factory
+
+
+def options(name: str) -> frozenset[str]:
+    """The scheme options (beyond the Aggregator ones) that `make(name, ...)` accepts: its class's `option_names`."""
+    return scheme_class(name).option_names()
 
 
 def make(name: str, **opts: object) -> Aggregator:
     """An aggregator by name; opts are the Aggregator keyword arguments (clip, seed, dp, ...) and the
-    scheme options its entry lists (e.g. neighbors, threshold, dropout_rate for SecAgg)."""
-    factory = _factory(name)
-    if isinstance(factory, Entry):
-        extra = sorted(set(opts) - COMMON_OPTIONS - factory.options)
-        if extra:
-            takes = ", ".join(sorted(factory.options)) or "none"
-            raise InputError(f"scheme {name!r} takes no option {', '.join(extra)} (its scheme options: {takes})")
+    scheme options its class takes (e.g. neighbors, threshold, dropout_rate for SecAgg)."""
+    from securefl.aggregator import init_keywords
+
+    factory, cls = _factory(name), scheme_class(name)
+    takes = cls.option_names()
+    extra = sorted(set(opts) - init_keywords(cls))
+    if extra:
+        raise InputError(f"scheme {name!r} takes no option {', '.join(extra)} (its scheme options: "
+                         f"{', '.join(sorted(takes)) or 'none'})")
     return factory(**opts)
 
 
@@ -90,8 +94,8 @@ def dropout_options(name: str, rate: float) -> dict[str, object]:
     if "dropout_rate" not in options(name):
         return {}
     factory = SCHEMES[name]
-    floor = float(factory.defaults.get("dropout_rate", 0.0)) if isinstance(factory, Entry) else 0.0
-    return {"dropout_rate": max(float(rate), floor)}
+    design = float(factory.defaults.get("dropout_rate", 0.0)) if isinstance(factory, Entry) else 0.0
+    return {"dropout_rate": max(float(rate), design)}
 
 
 def dp_kinds(name: str) -> tuple[str, ...]:

@@ -24,13 +24,13 @@ import secrets
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from securefl.codec import Layout, TensorSpec, float_dtypes, int_dtypes
 from securefl.errors import ConfigError, ProtocolError
+from securefl.jsonfile import JsonRecord, integer
 from securefl.keys import Directory
 from securefl.wire import SESSION_BYTES
 
@@ -91,7 +91,8 @@ class ModelSpec:
     def from_dict(cls, d: Mapping) -> ModelSpec:
         try:
             kind, keys, tensors = d["kind"], tuple(d["keys"]), d["tensors"]
-            out = tuple((str(name), tuple(int(x) for x in shape), str(dtype)) for name, shape, dtype in tensors)
+            out = tuple((str(name), tuple(integer(x, "model spec: a dimension") for x in shape), str(dtype))
+                        for name, shape, dtype in tensors)
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"model spec: malformed ({e})") from None
         if kind not in ("tensor", "list", "tuple", "mapping") or not out or len(keys) != len(out):
@@ -113,7 +114,7 @@ def _canonical(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class RoundConfig:
+class RoundConfig(JsonRecord):
     """What every party of a deployment agrees on before any round (see the module docstring).
 
     scheme: a registered scheme name ("plaintext", "additive", "secagg", "secagg+", "ckks",
@@ -137,6 +138,8 @@ class RoundConfig:
     min_clients: int = 0
     setup_seed: bytes = field(default_factory=lambda: secrets.token_bytes(SEED_BYTES))
     timeouts: Mapping[str, float] = field(default_factory=dict)
+
+    record = "round configuration"
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, Directory):
@@ -208,33 +211,16 @@ class RoundConfig:
                 model=ModelSpec.from_dict(d["model"]),
                 options=dict(d.get("options", {})),
                 clip=float(d["clip"]),
-                frac_bits=int(d["frac_bits"]),
-                int_bound=int(d["int_bound"]),
+                frac_bits=integer(d["frac_bits"], "frac_bits"),
+                int_bound=integer(d["int_bound"], "int_bound"),
                 weight_bound=float(d["weight_bound"]),
                 dp=None if d.get("dp") is None else dict(d["dp"]),
-                min_clients=int(d.get("min_clients", 0)),
+                min_clients=integer(d.get("min_clients", 0), "min_clients"),
                 setup_seed=base64.b64decode(d["setup_seed"], validate=True),
                 timeouts=dict(d.get("timeouts", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"round configuration: missing or malformed field ({e})") from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> RoundConfig:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"round configuration: not JSON: {e}") from None
-        return cls.from_dict(data)
-
-    def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> RoundConfig:
-        return cls.from_json(Path(path).read_text())
 
 
 @dataclass(frozen=True)
@@ -287,7 +273,16 @@ class ReplayGuard:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, int]) -> ReplayGuard:
-        try:
-            return cls({bytes.fromhex(s): int(r) for s, r in d.items()})
-        except (TypeError, ValueError) as e:
-            raise ProtocolError(f"replay guard state: malformed ({e})") from None
+        if not isinstance(d, Mapping):
+            raise ProtocolError("replay guard state: not a mapping of session -> round")
+        out = {}
+        for session, round_ in d.items():
+            try:
+                key = bytes.fromhex(session)
+            except (TypeError, ValueError):
+                key = b""
+            if len(key) != SESSION_BYTES or isinstance(round_, bool) or not isinstance(round_, int) \
+                    or not 0 <= round_ < 2**32:
+                raise ProtocolError(f"replay guard state: malformed entry {session!r}: {round_!r}")
+            out[key] = round_
+        return cls(out)

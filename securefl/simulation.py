@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from securefl.errors import InputError
+from securefl.errors import InputError, ProtocolError
 from securefl.report import Report
 
 
@@ -85,7 +85,7 @@ class Simulation:
     def send(self, src: str, dst: str, payload: bytes) -> bytes:
         """Deliver one message, counting its bytes for both ends."""
         if not isinstance(payload, (bytes, bytearray)):
-            raise TypeError(f"{src} -> {dst}: parties exchange bytes, got {type(payload).__name__}")
+            raise ProtocolError(f"{src} -> {dst}: parties exchange bytes, got {type(payload).__name__}")
         n = len(payload)
         self.bytes_sent[src] += n
         self.bytes_received[dst] += n

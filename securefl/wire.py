@@ -110,7 +110,7 @@ class Writer:
     def __init__(self, kind: int, session: bytes, round_: int, sender: int, *, _header: bytes | None = None):
         if _header is None:
             if len(session) != SESSION_BYTES:
-                raise ValueError("session id must be 16 bytes")
+                raise InputError(f"wire: session id must be {SESSION_BYTES} bytes")
             _header = _HEADER.pack(MAGIC, VERSION, kind, session, round_, sender)
         self._parts: list[bytes | memoryview] = [_header]
 
@@ -142,7 +142,7 @@ class Writer:
         a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1)
         code = _DTYPE_CODES.get(a.dtype)
         if code is None:
-            raise ValueError(f"unsupported array dtype {a.dtype}")
+            raise InputError(f"wire: unsupported array dtype {a.dtype}")
         self._parts.append(_ARRAY_HEAD.pack(code, a.size))
         self._parts.append(memoryview(a).cast("B"))
         return self
@@ -292,6 +292,8 @@ class Header:
 
 def peek(data: bytes | memoryview, what: str = "message") -> Header:
     """The header of a message (magic and version checked), without parsing its body."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"{what}: expected bytes, got {type(data).__name__}")
     buf = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
     if len(buf) < HEADER_SIZE:
         raise ProtocolError(f"{what}: truncated header ({len(buf)} bytes)")

@@ -127,16 +127,27 @@ class Round:
     def forged_request(self, uploads: list[bytes], fingerprint: bytes | None = None) -> bytes:
         """A malicious server's AGGREGATE: any uploads it likes, in the request format."""
         w = self.ch.write(self.dep.kinds.aggregate, KEYHOLDER).raw(fingerprint or self.dep.config.fingerprint)
-        w.u32(len(uploads))
-        for up in uploads:
-            w.blob(up)
-        return w.finish()
+        return base.write_uploads(w, uploads)
 
 
 def rewrite_header(message: bytes, kind, sender: PartyId, receiver: PartyId, round_: int,
                    session: bytes = SESSION) -> bytes:
     """The message with another header (what a malicious relay can do to unsigned header fields)."""
     return Channel(sender, session, round_).write(kind, receiver).finish() + message[PARTY_HEADER_SIZE:]
+
+
+def upload_body(dep: Deployment, round_: int, section: bytes, sender: int = 0, fingerprint: bytes | None = None,
+                count: int | None = None) -> bytes:
+    """An upload's body in the signed layout: header from client `sender`, key fingerprint (the key holder's
+    unless given), ciphertext count (the round's unless given), the section."""
+    w = Channel(PartyId.client(sender), SESSION, round_).write(dep.kinds.upload, SERVER)
+    w.raw(fingerprint or base.digest(dep.keyholder.public)).u32(dep.params.count if count is None else count)
+    return w.raw(section).finish()
+
+
+def section_of(upload: bytes) -> bytes:
+    """The ciphertexts of a signed upload."""
+    return upload[base.UPLOAD_PREFIX : -base.UPLOAD_TRAILER]
 
 
 def sign_upload(dep: Deployment, body: bytes, signer: int, round_: int, index: int | None = None) -> bytes:

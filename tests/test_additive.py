@@ -1,5 +1,5 @@
-"""AdditiveSharing: exactness, dropouts, exclusion of bad envelopes, failing helpers, malformed messages, party state,
-privacy of views."""
+"""AdditiveSharing: other K, the minimum batch, exclusion of bad envelopes, failing helpers, malformed messages, party
+state, privacy of views. (The generic contract for K = 3: tests/test_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-import securefl
 from securefl import crypto, wire
 from securefl.crypto.prg import Expander, stream_key
 from securefl.encoding import RoundCodec
@@ -27,7 +26,7 @@ from securefl.protocol import run_round
 from securefl.simulation import Simulation
 from securefl.wire import LEADER, PARTY_HEADER_SIZE, Kind, PartyId
 from tests.additive_parties import H1, H2, Deployment, client, upload_parts, with_header, with_parties
-from tests.conftest import STRUCTURES, state_updates
+from tests.conftest import state_updates
 from tests.reference import assert_close
 
 WEIGHTS = [0.5, 0.0, 3.25, 1.0, 7.0, 2.0]
@@ -36,44 +35,18 @@ WEIGHTS = [0.5, 0.0, 3.25, 1.0, 7.0, 2.0]
 # --- exactness through the public API ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [2, 3, 5])
-@pytest.mark.parametrize("weights", [None, WEIGHTS])
-def test_matches_reference(updates, k, weights):
-    res = AdditiveSharing(num_aggregators=k, seed=3).aggregate(updates, weights=weights)
-    assert_close(res, updates, weights, range(6), clip=8.0)
+@pytest.mark.parametrize("k", [2, 5])  # K = 3 (the registry's): tests/test_conformance.py
+def test_other_numbers_of_aggregators_match_reference(updates, k):
+    res = AdditiveSharing(num_aggregators=k, seed=3).aggregate(updates, weights=WEIGHTS)
+    assert_close(res, updates, WEIGHTS, range(6), clip=8.0)
     p = res.report.params
     assert p["num_aggregators"] == k and p["rejected"] == {} and p["min_clients"] == 3 and p["round"] == 1
-
-
-@pytest.mark.parametrize("dropped", [[1, 4], {0: "upload", 5: "upload"}])
-def test_dropped_clients_are_excluded(updates, dropped):
-    res = AdditiveSharing(num_aggregators=3, seed=1).aggregate(updates, weights=WEIGHTS, dropped=dropped)
-    gone = set(dropped)
-    assert_close(res, updates, WEIGHTS, [i for i in range(6) if i not in gone], clip=8.0)
-    assert res.report.dropped == {i: "upload" for i in gone}
-    assert not any(f"client/{i}" in res.report.bytes_sent for i in gone)  # a dropped client never answers
 
 
 @pytest.mark.parametrize("dropped", [list(range(6)), [0, 1, 2, 3]])
 def test_fewer_survivors_than_the_minimum_batch_raise_dropout_error(updates, dropped):
     with pytest.raises(DropoutError, match="below the minimum batch of 3"):
         AdditiveSharing(num_aggregators=2).aggregate(updates, dropped=dropped)
-
-
-@pytest.mark.parametrize("structure", STRUCTURES)
-def test_structures_match_plaintext(structure):
-    g = torch.Generator().manual_seed(0)
-    ups = [structure(g) for _ in range(4)]
-    res = AdditiveSharing(num_aggregators=4, seed=2).aggregate(ups, weights=[1, 2, 3, 4], dropped=[2])
-    plain = securefl.Plaintext(seed=2).aggregate(ups, weights=[1, 2, 3, 4], dropped=[2])
-    got, want = (res.mean, plain.mean) if isinstance(res.mean, (list, tuple)) else ([res.mean], [plain.mean])
-    assert type(res.mean) is type(ups[0]) and res.report.survivors == [0, 1, 3]
-    for a, b in zip(got, want, strict=True):  # both round stochastically: equal up to the fixed-point precision
-        assert a.dtype == b.dtype and a.shape == b.shape
-        if a.dtype.is_floating_point:
-            assert torch.allclose(a.double(), b.double(), rtol=2 * torch.finfo(a.dtype).eps, atol=1e-3)
-        else:
-            assert torch.equal(a, b)
 
 
 def test_64_bit_ring_matches_reference():
@@ -89,19 +62,14 @@ def test_num_aggregators_must_be_an_integer_at_least_two(k):
         AdditiveSharing(num_aggregators=k)
 
 
-def test_report_counts_every_party(updates):
+def test_message_sizes_and_phases(updates):
     rep = AdditiveSharing(num_aggregators=3, seed=0).aggregate(updates).report
-    parties = {"leader", "helper/1", "helper/2", *(f"client/{i}" for i in range(6))}
-    assert set(rep.bytes_sent) == parties and set(rep.bytes_received) == parties
-    assert set(rep.party_seconds) == parties and all(v > 0 for v in rep.party_seconds.values())
-    assert sum(rep.bytes_sent.values()) == sum(rep.bytes_received.values())
     length = sum(v.numel() for v in updates[0].values()) + 1
     upload = PARTY_HEADER_SIZE + 9 + 4 * length + 2 * MACED_ENVELOPE_BYTES
     assert rep.bytes_sent["client/0"] == upload  # one ring vector and K-1 small MAC'd envelopes
     assert rep.bytes_received["client/0"] == PARTY_HEADER_SIZE + 32 + 2 * (32 + 64)  # fingerprint, signed keys
     assert rep.bytes_received["helper/1"] < 2000  # helpers never receive a full vector
     assert set(rep.seconds) == {"setup", "upload", "forward", "accept", "sum", "decode"}
-    json.dumps(rep.to_dict())
 
 
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])

@@ -24,6 +24,7 @@ import securefl
 from securefl import dp, keys
 from securefl.errors import ConfigError, DropoutError, ProtocolError
 from securefl.he import base, paillier
+from securefl.he import paillier_math as pm
 from securefl.wire import KEYHOLDER, SERVER, Channel, PartyId
 from tests.he_parties import SESSION, Deployment, make_config, rewrite_header, sign_upload
 
@@ -345,19 +346,15 @@ def test_out_of_range_sums_are_refused_and_spend_the_round(dep):
     liar = rnd.client(0)
     p = dep.params
 
-    def lie(w, update, weight) -> int:
+    def lie(update, weight) -> tuple[object, int]:
         if dep.scheme == "ckks":
-            blobs = liar._io.encrypt(liar._encryptor, np.full(p.chunks * p.per_ciphertext, (N + 1) * p.fixed.clip), p)
-            w.u32(len(blobs))
-            for blob in blobs:
-                w.blob(blob)
-        else:  # every slot all ones: the sum carries out of every slot
-            pk = liar._public_key
-            w.u32(p.plaintexts).raw(paillier.to_bytes([pk.raw_encrypt(2**p.packed_bits - 1)] * p.plaintexts,
-                                                      p.cipher_bytes))
-        return 0
+            return liar._encrypter.encrypt(np.full(p.count * p.per_ciphertext, (N + 1) * p.fixed.clip)), 0
+        # every slot all ones: the sum carries out of every slot
+        pub = liar._public_key
+        cts = pm.encrypt(pub, [2 ** (p.per_plaintext * p.slot_bits) - 1] * p.count, liar._zeros)
+        return pm.to_bytes(cts, p.ciphertext_bytes), 0
 
-    liar._write_ciphertexts = lie
+    liar._ciphertexts = lie
     server = rnd.server()
     request = server.step({PartyId.client(0): rnd.upload(0, liar),
                            **{PartyId.client(i): rnd.uploads[i] for i in (1, 2, 3)}})[KEYHOLDER]
@@ -378,13 +375,14 @@ def test_paillier_with_distributed_dp_finishes_the_round(n):
     assert 0 < err.abs().max().item() < 6 * sd and err.std().item() == pytest.approx(sd, rel=0.15)
 
 
-def test_paillier_offset_covers_one_clients_noise():
+def test_paillier_slots_cover_the_clients_noise():
     mech = dp.DistributedGaussian(noise_multiplier=1.0, clip=1.0)
     config = make_config("paillier", keys.create_identities(10, keyholder=True), torch.zeros(100), dp=mech.to_dict())
     pol = paillier.policy(config)
     assert pol.codec.client_variance == mech.client_variance(16, pol.min_clients) > 0
-    assert pol.params.offset >= 8 * 2**16 + 20 * math.sqrt(pol.codec.client_variance)  # clip 8 (the config's)
-    assert 10 * 2 * pol.params.offset < 2**pol.params.slot_bits
+    noise = 20 * math.sqrt(10 * pol.codec.client_variance)  # the bound on the sum of the 10 clients' noise
+    assert pol.params.sum_bound(10) >= 10 * 8 * 2**16 + noise  # clip 8 (the config's)
+    assert pol.params.sum_bound(10) < 2 ** (pol.params.slot_bits - 1)
 
 
 # --- every decoder refuses any flipped or cut byte (a refused request leaves the round open) ---

@@ -173,3 +173,11 @@ def test_secaggplus_cells_are_designed_for_the_cell_dropout():
     assert schemes.dropout_options("secagg+", 0.25) == {"dropout_rate": 0.25}
     assert schemes.dropout_options("secagg+", 0.0) == {"dropout_rate": 0.05}  # never below the registry's design
     assert schemes.dropout_options("ckks", 0.25) == {}
+
+
+def test_scaling_sweep_takes_the_schemes_whose_class_scales_in_n():
+    assert harness.scaling_schemes(schemes.names()) == ["secagg+"]  # SecAgg+'s class says so, not its name
+    config = presets.preset(True, **(TINY | {"scaling_ns": (5, 7), "scaling_m": 10}))
+    scaling = [p for p in harness.plan(config, harness.scheme_names(config)) if "scaling" in p.sweeps]
+    assert [(p.n, p.m, p.schemes) for p in scaling] == [(5, 10, ["plaintext", "secagg+"]),
+                                                         (7, 10, ["plaintext", "secagg+"])]

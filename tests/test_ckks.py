@@ -1,12 +1,10 @@
-"""CKKS (TenSEAL): accuracy against float64, parameters, dropouts, no secret key outside the key holder, bad bytes."""
+"""CKKS (SEAL, packed coefficients): accuracy against float64, parameters, no secret key outside the key holder, bad
+bytes. (The generic contract: tests/test_conformance.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-import tenseal as ts
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,18 +12,19 @@ from tenseal import sealapi
 
 from securefl import keys
 from securefl.codec import FixedPoint, flatten_all
-from securefl.errors import ConfigError, DropoutError, InputError, ProtocolError
+from securefl.errors import ConfigError, InputError, ProtocolError
 from securefl.he import base
+from securefl.he import ckks_io as ci
 from securefl.he.ckks import CKKS, Client, KeyHolder
-from securefl.he.ckks_seal import Params, SealIO, max_coeff_bits
+from securefl.he.ckks_params import Params
 from securefl.he.server import Server
 from securefl.session import ModelSpec, RoundConfig
 from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId
 from tests.conftest import state_updates
-from tests.he_parties import SESSION, Deployment, make_config, sign_upload
+from tests.he_parties import SESSION, Deployment, make_config, section_of, sign_upload, upload_body
 from tests.reference import assert_close
 
-WEIGHTS = [1, 2, 3, 4, 5, 6]
+ARRAY_HEAD = 9  # wire.Writer.array: a dtype code and a u64 count
 
 
 def tolerances(result, weights, included, clip):
@@ -48,29 +47,11 @@ def parties():
     return {"dep": dep, "rnd": dep.open(), "params": dep.params, "kh": dep.keyholder}
 
 
-def upload_blob(p, upload: bytes) -> bytes:
-    """The (only) ciphertext of a one-ciphertext upload."""
-    r = Channel(SERVER, SESSION, p["rnd"].number).read(upload[: -base.UPLOAD_TRAILER], Kind.CKKS_UPLOAD)
-    r.raw(base.DIGEST_BYTES)
-    assert r.u32() == 1
-    return r.blob(1 << 30)
-
-
-def encrypt_one(ctx: ts.Context, values: np.ndarray, params: Params) -> bytes:
-    """One serialized ciphertext of `values` under ctx's public key."""
-    io = SealIO(ctx)
-    (blob,) = io.encrypt(sealapi.Encryptor(io.seal, ctx.public_key().data), values, params)
-    return blob
-
-
-def signed_upload(p, blobs: list[bytes], sender: int = 0, fingerprint: bytes | None = None, count=None) -> bytes:
-    """An upload of these ciphertexts from client `sender`, signed by client 0 (its own key when it is one)."""
+def signed_upload(p, section: bytes, sender: int = 0, fingerprint: bytes | None = None, count=None) -> bytes:
+    """An upload of this ciphertext section from client `sender`, signed by client 0 (its own key when it is one)."""
     dep, number = p["dep"], p["rnd"].number
-    w = Channel(PartyId.client(sender), SESSION, number).write(Kind.CKKS_UPLOAD, SERVER)
-    w.raw(fingerprint or base.digest(p["kh"].public)).u32(len(blobs) if count is None else count)
-    for blob in blobs:
-        w.blob(blob)
-    return sign_upload(dep, w.finish(), signer=sender if sender < dep.n else 0, round_=number, index=sender)
+    body = upload_body(dep, number, section, sender, fingerprint, count)
+    return sign_upload(dep, body, signer=sender if sender < dep.n else 0, round_=number, index=sender)
 
 
 def server_rejects(p, reply: bytes, as_client: int = 0) -> str:
@@ -82,13 +63,9 @@ def server_rejects(p, reply: bytes, as_client: int = 0) -> str:
     return server.rejected[as_client]
 
 
-@pytest.mark.parametrize("weights", [None, WEIGHTS])
-def test_state_dict_with_batchnorm_matches_reference(agg, weights):
-    ups = state_updates(6)
-    res = agg.aggregate(ups, weights=weights)
-    assert_close(res, ups, weights, range(6), clip=8.0, tols=tolerances(res, weights, range(6), 8.0))
-    assert res.mean["bn.num_batches_tracked"].dtype == torch.int64
-    assert res.report.scheme == "ckks"
+def decrypt_section(kh, section: bytes, count: int = 1) -> np.ndarray:
+    """What the key holder's Decrypter makes of one upload's packed ciphertexts."""
+    return kh._decrypter.decrypt(kh._codec.from_bytes(section, count, "test"), "test")
 
 
 def test_mean_over_100_clients_within_1e5_clip():
@@ -116,30 +93,8 @@ def test_several_ciphertexts_per_client_and_ints():
 def test_larger_ring_degree_keeps_the_bound():
     ups = state_updates(3)
     res = CKKS(poly_modulus_degree=16384, seed=3).aggregate(ups, weights=[1, 5, 2])
-    assert res.report.params["poly_modulus_degree"] == 16384 and res.report.params["scale_bits"] == 31
+    assert res.report.params["poly_modulus_degree"] == 16384 and res.report.params["scale_bits"] == 35
     assert_close(res, ups, [1, 5, 2], range(3), clip=8.0, tols=tolerances(res, [1, 5, 2], range(3), 8.0))
-
-
-def test_clipping_is_counted_and_applied():
-    res = CKKS(clip=1.0, seed=0).aggregate([torch.tensor([0.5, 20.0, -30.0]), torch.tensor([0.5, 0.0, 0.0])])
-    assert res.report.clipped_values == 2
-    assert torch.allclose(res.mean, torch.tensor([0.5, 0.5, -0.5]), atol=1e-4)
-
-
-@pytest.mark.parametrize("stage", ["setup", "upload", "decrypt"])
-def test_dropout_at_each_stage(agg, stage):
-    ups = state_updates(6)
-    res = agg.aggregate(ups, weights=WEIGHTS, dropped={1: stage, 4: stage})
-    included = [0, 1, 2, 3, 4, 5] if stage == "decrypt" else [0, 2, 3, 5]
-    assert_close(res, ups, WEIGHTS, included, clip=8.0, tols=tolerances(res, WEIGHTS, included, 8.0))
-    assert res.report.bytes_received["client/1"] > 10_000  # the key reached it
-    sent = res.report.bytes_sent.get("client/1", 0)  # nothing, its READY only, or its upload as well
-    assert {"setup": sent == 0, "upload": 0 < sent < 100, "decrypt": sent > 10_000}[stage]
-
-
-def test_all_dropped_raises(agg):
-    with pytest.raises(DropoutError):
-        agg.aggregate(state_updates(3), dropped={0: "setup", 1: "upload", 2: "upload"})
 
 
 def test_bytes_count_context_once_per_client(agg):
@@ -152,23 +107,27 @@ def test_bytes_count_context_once_per_client(agg):
     assert rep.bytes_received["server"] == setup + 3 * header + uploads + reply
     assert 0 < reply < 500
     opened = header + base.DIGEST_BYTES
-    assert rep.bytes_received["keyholder"] == opened + opened + 4 + sum(4 + rep.bytes_sent[f"client/{i}"] - header
-                                                                         for i in range(3))
+    assert rep.bytes_received["keyholder"] == opened + opened + 4 + sum(
+        ARRAY_HEAD + rep.bytes_sent[f"client/{i}"] - header for i in range(3))
+    params = CKKS().client_class.policy_of(agg.config(torch.zeros(10), 3)).params
+    assert rep.bytes_sent["client/0"] - header == base.upload_bytes(params)  # one raw section, nothing else
     assert rep.bytes_sent["server"] == 3 * (setup + header) + rep.bytes_received["keyholder"]
 
 
 def test_default_parameters_are_128_bit_and_documented():
     layout, _ = flatten_all([torch.zeros(1000)])
     p = Params.choose(10, layout, FixedPoint.choose(10, clip=8.0, frac_bits=16, int_bound=2**16))
-    assert (p.degree, p.coeff_bits, p.scale_bits, p.slots, p.per_ciphertext) == (4096, (39, 20), 29, 2048, 4096)
+    assert (p.degree, p.prime_bits, p.scale_bits, p.slots, p.per_ciphertext) == (4096, (43,), 33, 2048, 4096)
+    assert p.ciphertext_bytes == 2 * 43 * 4096 // 8  # 10.75 bytes per value
     for n in (1, 10, 1000, 10**5):
         for frac in (8, 16, 30):
             fixed = FixedPoint.choose(n, clip=8.0, frac_bits=frac, int_bound=2**16)
             p = Params.choose(n, layout, fixed)
-            assert sum(p.coeff_bits) <= max_coeff_bits(p.degree)
-            assert max(p.coeff_bits) <= 60
-            # n summed values at 2 * clip * 2^scale_bits fit the data modulus with the sign bit
-            assert np.log2(n * 8.0) + p.scale_bits + 2 <= sum(p.coeff_bits[:-1])
+            assert sum(p.prime_bits) <= ci.max_coeff_bits(p.degree)
+            assert max(p.prime_bits) <= 60
+            # 8 sd of fresh noise (sd <= 4 N) below 2^-frac_bits; n summed values at 2 * clip fit with the sign bit
+            assert 8 * 4 * p.degree <= 2.0 ** (p.scale_bits - frac)
+            assert np.log2(n * 8.0) + p.scale_bits + 2 <= sum(p.prime_bits)
 
 
 def test_unfit_parameters_raise_config_error():
@@ -177,8 +136,8 @@ def test_unfit_parameters_raise_config_error():
     with pytest.raises(ConfigError, match="exactly"):  # integer sums could round wrong
         CKKS(frac_bits=4).aggregate([torch.tensor([1, 2])] * 8)
     layout, _ = flatten_all([torch.zeros(3, dtype=torch.int64)])
-    fixed = FixedPoint.choose(4, clip=8.0, frac_bits=30, int_bound=2**50)
-    with pytest.raises(ConfigError, match="128-bit"):  # 118 bits of modulus: more than N = 4096 allows
+    fixed = FixedPoint.choose(4, clip=8.0, frac_bits=30, int_bound=2**60)
+    with pytest.raises(ConfigError, match="128-bit"):  # 112 bits of modulus: more than N = 4096 allows
         Params.choose(4, layout, fixed, degree=4096)
     assert Params.choose(4, layout, fixed).degree == 8192
 
@@ -211,17 +170,18 @@ def test_parties_take_only_a_consistent_configuration():
 def test_only_the_keyholder_holds_a_secret_key(parties):
     p = parties
     client, server = p["rnd"].client(0), p["rnd"].server()
-    assert not any(isinstance(v, (ts.Context, sealapi.Decryptor, sealapi.SecretKey)) for v in vars(client).values())
-    assert not any(isinstance(v, (ts.Context, SealIO)) for v in vars(server).values())  # the server holds no context
+    secret_kinds = (sealapi.SecretKey, sealapi.Decryptor, ci.Decrypter)
+    assert not any(isinstance(v, secret_kinds) for v in vars(client).values())
+    assert not any(isinstance(v, (*secret_kinds, ci.CoefficientCodec)) for v in vars(server).values())
     # only the key holder decrypts, and it gives the client's values back, two per complex slot
-    kh, blob = p["kh"], upload_blob(p, p["rnd"].uploads[0])
-    got = kh._io.decrypt(kh._decryptor, [kh._io.load(blob, p["params"], "test")], p["params"])
+    kh = p["kh"]
+    got = decrypt_section(kh, section_of(p["rnd"].uploads[0]))
     assert np.abs(got[:50] - p["dep"].ups[0].numpy()).max() < 1e-4
     assert abs(got[50] - 1.0) < 1e-4 and np.abs(got[51:]).max() < 1e-4  # the weight slot, then zero padding
     r = Channel(PartyId.client(0), SESSION, p["rnd"].number).read(p["rnd"].setups[PartyId.client(0)], Kind.CKKS_SETUP)
     public, _ = base.read_key(r, p["dep"].policy, p["dep"].config.context(SESSION, p["rnd"].number))
-    published = ts.context_from(public)  # what travels: public key only
-    assert published.is_public() and not published.has_secret_key() and not published.has_relin_keys()
+    assert public == kh.public  # what travels: SEAL's public key, which a client loads as one
+    ci.load_public_key(kh._codec, public, "test")
 
 
 def test_roundtrip_through_parties():
@@ -255,51 +215,51 @@ def test_foreign_session_and_misrouted_replies_are_refused(parties):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pos=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255), cut=st.booleans())
-def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip, cut):
-    """Below the signature: the header check and SEAL refuse or accept, never crash."""
-    p = parties
-    blob = bytearray(upload_blob(p, p["rnd"].uploads[2]))
-    i = int(pos * len(blob))
-    blob = blob[:i] if cut else blob
-    if not cut:
-        blob[i] ^= flip
+@given(pos=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255))
+def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip):
+    """Below the signature: the coefficient check refuses a coefficient beyond its prime; anything it accepts SEAL
+    loads (validating it) and decrypts, never crashing."""
+    section = bytearray(section_of(parties["rnd"].uploads[2]))
+    section[int(pos * len(section))] ^= flip
     try:
-        p["kh"]._io.load(bytes(blob), p["params"], "test")
-    except ProtocolError:
-        pass
+        decrypt_section(parties["kh"], bytes(section))
+    except ProtocolError as e:
+        assert "test" in str(e)
 
 
 def test_structural_faults_are_refused_by_the_server(parties):
     p = parties
-    blob = upload_blob(p, p["rnd"].uploads[0])
+    section = section_of(p["rnd"].uploads[0])
     cases = {
-        "another key": signed_upload(p, [blob], fingerprint=bytes(32)),
-        "number of ciphertexts": signed_upload(p, [blob, blob]),
-        "sent by client/7": signed_upload(p, [blob], sender=7),
-        "truncated": signed_upload(p, [blob[: len(blob) // 2]]),
-        "padded": signed_upload(p, [blob + b"\x28\x01"]),  # trailing bytes
-        "header": signed_upload(p, [b"\0" * 16 + blob[16:]]),
+        "another key": signed_upload(p, section, fingerprint=bytes(32)),
+        "number of ciphertexts": signed_upload(p, section + section, count=2),
+        "sent by client/7": signed_upload(p, section, sender=7),
+        "bytes of ciphertexts": signed_upload(p, section[: len(section) // 2]),
+        "expected 1 x": signed_upload(p, section + b"\x28\x01"),  # trailing bytes
     }
     for match, msg in cases.items():
         assert match in server_rejects(p, msg) and server_rejects(p, msg).startswith("server: ")
 
 
-def test_ciphertexts_seal_refuses_are_refused_by_the_keyholder_naming_the_client(parties):
-    """The server checks SEAL headers only; a signed ciphertext SEAL cannot load (other parameters, or a body of
-    garbage under a valid header) is refused by the key holder, which names its client."""
+def test_unreduced_or_alien_ciphertexts_are_refused_by_the_keyholder_naming_the_client(parties):
+    """The server checks count and length; a signed ciphertext with a coefficient beyond its prime passes it and is
+    refused by the key holder, which names its client. Ciphertexts of other parameters have another length."""
     p = parties
-    big = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[40, 20])
-    alien = encrypt_one(big, np.zeros(8192), dataclasses.replace(p["params"], degree=8192, coeff_bits=(40, 20)))
-    blob = upload_blob(p, p["rnd"].uploads[0])
-    garbage = blob[:16] + bytes(len(blob) - 16)
-    assert "exceeds limit" in server_rejects(p, signed_upload(p, [alien]))  # larger than this round's ciphertexts
-    for bad, match in ((alien, "exceeds limit"), (garbage, "client/0: .*ciphertext")):  # whatever a server forwards
-        with pytest.raises(ProtocolError, match=f"keyholder: .*{match}"):
-            p["kh"].handle(p["rnd"].forged_request([signed_upload(p, [bad]), p["rnd"].uploads[1]]))
+    kh = p["kh"]
+    coeffs = kh._codec.from_bytes(section_of(p["rnd"].uploads[0]), 1, "test")
+    coeffs[0, 1, 0, 17] = kh._codec.primes[0]  # fits the 43 bits, not the prime
+    unreduced = signed_upload(p, kh._codec.pack(coeffs).tobytes())
     server = p["rnd"].server()
-    server.step({PartyId.client(0): signed_upload(p, [garbage]), PartyId.client(1): p["rnd"].uploads[1]})
-    assert server.included == [0, 1]  # a valid SEAL header of the round's size: the server forwards it
+    server.step({PartyId.client(0): unreduced, PartyId.client(1): p["rnd"].uploads[1]})
+    assert server.included == [0, 1]  # the right length: the server forwards it
+    with pytest.raises(ProtocolError, match="keyholder: .*client/0: a coefficient is not reduced"):
+        kh.handle(p["rnd"].forged_request([unreduced, p["rnd"].uploads[1]]))
+    big = ci.CoefficientCodec(ci.Scheme(8192, (43,), 33))
+    secret, public = ci.keygen(big, bytes(64))
+    alien = ci.Encrypter(big, ci.load_public_key(big, public, "test")).encrypt(np.zeros(8192)).tobytes()
+    assert "bytes of ciphertexts" in server_rejects(p, signed_upload(p, alien))
+    with pytest.raises(ProtocolError, match="keyholder: .*client/0: .*bytes of ciphertexts"):
+        kh.handle(p["rnd"].forged_request([signed_upload(p, alien), p["rnd"].uploads[1]]))
 
 
 def test_upload_under_another_key_is_refused(parties):
@@ -312,22 +272,51 @@ def test_upload_under_another_key_is_refused(parties):
     assert "upload of client/0: encrypted under another key" in server_rejects(p, p["rnd"].upload(0, client))
 
 
-def test_swapped_or_tampered_context_is_refused(parties):
+def test_swapped_or_tampered_key_is_refused(parties):
     p = parties
     dep, rnd = p["dep"], p["rnd"]
     bad = bytearray(rnd.setups[PartyId.client(0)])
     bad[len(bad) // 2] ^= 1
     with pytest.raises(ProtocolError, match="client/0: key holder's key: invalid signature"):
         rnd.client(0, setup=bytes(bad))
-    leaky = KeyHolder(dep.config, dep.identities[KEYHOLDER])
-    leaky.public = leaky._ctx.serialize(save_secret_key=True)  # the pinned key holder leaking its secret key
-    key = leaky.handle(Channel(SERVER, SESSION, rnd.number).write(Kind.CKKS_OPEN, KEYHOLDER)
-                       .raw(dep.config.fingerprint).finish())
-    server = CKKS.coordinator(dep.config, SESSION, rnd.number)
-    server.start()
-    setup = server.step({KEYHOLDER: key})[PartyId.client(0)]
-    with pytest.raises(ProtocolError, match="no secret key"):
-        rnd.client(0, setup=setup)
+    kh = parties["kh"]
+    other = ci.CoefficientCodec(ci.Scheme(8192, (43,), 33))
+    secret = kh._codec.bridge.save(ci.keygen(kh._codec, kh._seed)[0])
+    for public in (secret, ci.keygen(other, bytes(64))[1]):  # its secret key; a key of other parameters
+        leaky = KeyHolder(dep.config, dep.identities[KEYHOLDER])  # the pinned key holder, misbehaving
+        leaky.public = public
+        key = leaky.handle(Channel(SERVER, SESSION, rnd.number).write(Kind.CKKS_OPEN, KEYHOLDER)
+                           .raw(dep.config.fingerprint).finish())
+        server = CKKS.coordinator(dep.config, SESSION, rnd.number)
+        server.start()
+        setup = server.step({KEYHOLDER: key})[PartyId.client(0)]
+        with pytest.raises(ProtocolError, match="client/0: key"):
+            rnd.client(0, setup=setup)
+
+
+def test_precomputed_encryptions_of_zero_are_made_in_setup_and_used_once():
+    ups = [torch.randn(5000, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    dep = Deployment("ckks", n=3, ups=ups, options={"precompute": True})
+    rnd = dep.open()
+    client = rnd.client(0)
+    assert len(client._encrypter._zeros) == dep.params.count == 2
+    upload = rnd.upload(0, client)
+    assert client._encrypter._zeros == []
+    assert np.abs(decrypt_section(dep.keyholder, section_of(upload), 2)[:5000] - ups[0].numpy()).max() < 1e-4
+    restored = dep.client(1, rnd.client(1).state_dict())  # restored between setup and upload: encrypts afresh
+    assert restored._encrypter._zeros == []
+    server = rnd.server()
+    request = server.step({PartyId.client(0): upload, PartyId.client(1): rnd.upload(1, restored),
+                           PartyId.client(2): rnd.uploads[2]})
+    server.step({KEYHOLDER: dep.keyholder.handle(request[KEYHOLDER])})
+    assert np.abs(server.result().floats - sum(u.double().numpy() for u in ups)).max() < 4 * 2**-16
+
+
+def test_keyholder_keys_come_from_its_saved_seed(parties):
+    dep, kh = parties["dep"], parties["kh"]
+    assert len(kh._secret_blobs()["seed"]) == ci.SEED_BYTES
+    assert KeyHolder(dep.config, dep.identities[KEYHOLDER], kh.state_dict()).public == kh.public
+    assert KeyHolder(dep.config, dep.identities[KEYHOLDER]).public != kh.public  # a fresh seed, fresh keys
 
 
 def test_keyholder_refuses_counts_outside_its_policy(parties):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,7 +19,7 @@ def setup():
     """The n = 10 scheme at the aggregators' defaults (clip 8, frac_bits 16), a key pair, an encrypter."""
     scheme = ci.Scheme.choose(10, 8.0, 16)
     codec = ci.CoefficientCodec(scheme)
-    secret, public_blob = ci.keygen(codec)
+    secret, public_blob = ci.keygen(codec, os.urandom(ci.SEED_BYTES))
     public = ci.load_public_key(codec, public_blob, "client/0")
     return codec, secret, public_blob, ci.Encrypter(codec, public), ci.Decrypter(codec, secret)
 
@@ -44,7 +46,7 @@ def test_packed_bytes_round_trip(setup, k, seed):
     x = random_coeffs(codec, k, seed)
     if k:
         x[0, 0, 0, :2] = [0, codec.primes[0] - 1]  # the extremes
-    raw = codec.to_bytes(x)
+    raw = codec.pack(x).tobytes()
     assert len(raw) == k * codec.ciphertext_bytes == k * 2 * 43 * 4096 // 8
     assert (codec.from_bytes(raw, k, "server") == x).all()
 
@@ -52,20 +54,20 @@ def test_packed_bytes_round_trip(setup, k, seed):
 def test_two_primes_round_trip():
     codec = ci.CoefficientCodec(ci.Scheme(8192, (50, 50), 40))
     x = random_coeffs(codec, 3, 1)
-    assert (codec.from_bytes(codec.to_bytes(x), 3, "server") == x).all()
+    assert (codec.from_bytes(codec.pack(x), 3, "server") == x).all()
 
 
 def test_from_bytes_rejects(setup):
     codec = setup[0]
     x = random_coeffs(codec, 2, 0)
-    raw = codec.to_bytes(x)
+    raw = codec.pack(x).tobytes()
     with pytest.raises(ProtocolError, match="server"):
         codec.from_bytes(raw[:-1], 2, "server")
     with pytest.raises(ProtocolError, match="server"):
         codec.from_bytes(raw, 3, "server")
     x[1, 1, 0, 7] = codec.primes[0]  # fits the bits, not the prime
     with pytest.raises(ProtocolError, match="not reduced"):
-        codec.from_bytes(codec.to_bytes(x), 2, "server")
+        codec.from_bytes(codec.pack(x), 2, "server")
 
 
 def test_export_and_back_is_the_same_ciphertext(setup):
@@ -98,11 +100,11 @@ def test_rejected_upload_leaves_the_sum_as_it_was(setup):
     codec = setup[0]
     acc = ci.Accumulator(codec, 2)
     good = random_coeffs(codec, 2, 8)
-    acc.add(codec.to_bytes(good), "server")
+    acc.add(codec.pack(good), "server")
     bad = random_coeffs(codec, 2, 9)
     bad[1, 1, 0, -1] = codec.primes[0] + 5
     with pytest.raises(ProtocolError, match="client/4"):
-        acc.add(codec.to_bytes(bad), "client/4")
+        acc.add(codec.pack(bad), "client/4")
     assert (acc.result() == good).all()
 
 
@@ -112,7 +114,7 @@ def test_accumulator_reduces_before_overflow():
     acc = ci.Accumulator(codec, 1)
     terms = [random_coeffs(codec, 1, s) for s in range(40)]
     for t in terms:
-        acc.add(codec.to_bytes(t), "server")
+        acc.add(codec.pack(t), "server")
     q = int(codec.primes[0])
     exact = np.array([sum(int(t[0, p, 0, i]) for t in terms) % q for p in range(2) for i in range(50)], np.uint64)
     assert (acc.result()[0, :, 0, :50].reshape(-1) == exact).all()
@@ -142,7 +144,7 @@ def test_precomputed_zeros_are_used_once(setup):
     enc.precompute(2)
     v = np.ones(2 * codec.scheme.degree)
     a, b = enc.encrypt(v), enc.encrypt(v)  # the second encrypts afresh: no zero is reused
-    assert a != b
+    assert a.shape == (2, codec.ciphertext_words) and not np.array_equal(a, b)
     for raw in (a, b):
         assert np.abs(dec.decrypt(codec.from_bytes(raw, 2, "s"), "kh") - v).max() < 2.0**-16
 
@@ -156,3 +158,18 @@ def test_public_key_checks(setup):
     other = ci.CoefficientCodec(ci.Scheme(8192, (43,), 33))
     with pytest.raises(ProtocolError, match="client/1"):
         ci.load_public_key(other, public_blob, "client/1")
+
+
+def test_keys_come_from_the_seed(setup):
+    """The key holder's keys are a function of its 64-byte seed (its saved state): the same seed, the same keys; the
+    secret key decrypts what the public key encrypts."""
+    codec = setup[0]
+    seed = os.urandom(ci.SEED_BYTES)
+    (s1, p1), (s2, p2) = ci.keygen(codec, seed), ci.keygen(codec, seed)
+    assert p1 == p2 and codec.bridge.save(s1) == codec.bridge.save(s2)
+    assert ci.keygen(codec, os.urandom(ci.SEED_BYTES))[1] != p1
+    v = np.linspace(-8, 8, codec.scheme.degree)
+    raw = ci.Encrypter(codec, ci.load_public_key(codec, p1, "c")).encrypt(v)
+    assert np.abs(ci.Decrypter(codec, s2).decrypt(codec.from_bytes(raw, 1, "s"), "kh") - v).max() < 2.0**-16
+    with pytest.raises(ConfigError, match="64 bytes"):
+        ci.keygen(codec, bytes(32))

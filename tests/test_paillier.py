@@ -1,4 +1,5 @@
-"""Packed Paillier (phe): exact sums, no slot overflow, dropouts, private key only at the key holder, bad bytes."""
+"""Packed Paillier (gmpy2, phe keys): exact sums, no slot overflow, DJN randomness, private key only at the key
+holder, bad bytes. (The generic contract: tests/test_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from phe import paillier
 
 from securefl import dp, keys
 from securefl.codec import FixedPoint
-from securefl.errors import ConfigError, DropoutError, ProtocolError
-from securefl.he import base
-from securefl.he.paillier import Packing, Paillier, to_bytes
-from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId
+from securefl.errors import ConfigError, ProtocolError
+from securefl.he import base, state
+from securefl.he import paillier_math as pm
+from securefl.he import paillier_slots as ps
+from securefl.he.paillier import KeyHolder, Packing, Paillier
+from securefl.wire import KEYHOLDER, PartyId
 from tests.conftest import state_updates
-from tests.he_parties import SESSION, Deployment, make_config, sign_upload
+from tests.he_parties import SESSION, Deployment, make_config, sign_upload, upload_body
 from tests.reference import assert_close, rounding_tolerances
-
-WEIGHTS = [1, 2, 3, 4, 5, 6]
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +38,6 @@ def parties():
     return {"dep": dep, "rnd": dep.open(), "packing": dep.params, "kh": dep.keyholder}
 
 
-@pytest.mark.parametrize("weights", [None, WEIGHTS])
-def test_state_dict_matches_reference(agg, weights):
-    ups = state_updates(6)
-    res = agg.aggregate(ups, weights=weights)
-    assert_close(res, ups, weights, range(6), clip=8.0)  # within the codec's rounding bound; integers exact
-
-
 def test_several_ciphertexts_per_client(agg):
     g = torch.Generator().manual_seed(4)
     ups = [[torch.randn(700, generator=g) * 3, torch.randint(-2**16, 2**16, (5,), generator=g)] for _ in range(4)]
@@ -52,27 +46,6 @@ def test_several_ciphertexts_per_client(agg):
     ref = sum(w * u[0].double().clamp(-8, 8) for w, u in zip([2, 1, 1, 3], ups, strict=True)) / 7
     assert (res.mean[0].double() - ref).abs().max().item() <= rounding_tolerances([2, 1, 1, 3], range(4), 8.0, 16)[0]
     assert torch.equal(res.sum[1], sum(u[1] for u in ups).long())
-
-
-def test_clipping_is_counted(agg):
-    res = agg.aggregate([torch.tensor([0.5, 20.0, -30.0]), torch.tensor([0.5, 0.0, 0.0])])
-    assert res.report.clipped_values == 2
-    assert torch.allclose(res.mean, torch.tensor([0.5, 4.0, -4.0]), atol=1e-4)
-
-
-@pytest.mark.parametrize("stage", ["setup", "upload", "decrypt"])
-def test_dropout_at_each_stage(agg, stage):
-    ups = state_updates(6)
-    res = agg.aggregate(ups, weights=WEIGHTS, dropped={0: stage, 3: stage})
-    included = list(range(6)) if stage == "decrypt" else [1, 2, 4, 5]
-    assert_close(res, ups, WEIGHTS, included, clip=8.0)
-    sent = res.report.bytes_sent.get("client/0", 0)  # nothing, its READY only, or its upload as well
-    assert {"setup": sent == 0, "upload": 0 < sent < 100, "decrypt": sent > 500}[stage]
-
-
-def test_all_dropped_raises(agg):
-    with pytest.raises(DropoutError):
-        agg.aggregate(state_updates(2), dropped=[0, 1])
 
 
 def test_key_sizes():
@@ -92,74 +65,86 @@ def test_3072_bit_key_works():
     assert res.report.params["key_bits"] == 3072
 
 
+MODULUS = (1 << 4095) + 1155  # any odd N >= 2^(key_bits - 1) serves packing, which never decrypts
+
+
+def extremes(p: Packing, sign: int) -> np.ndarray:
+    """One client's ring values at their bounds: floats +-ceil(clip 2^f), ints +-int_bound, weight 2^f or 0."""
+    f = p.fixed
+    row = np.concatenate([np.full(p.floats, math.ceil(f.clip * f.scale)), np.full(p.ints, f.int_bound),
+                          [int(f.scale) if sign > 0 else 0]]).astype(np.int64)
+    row[: p.length - 1] *= sign
+    return row
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 5000),
     clip=st.sampled_from([0.5, 1.0, 8.0, 100.0]),
     frac_bits=st.integers(0, 24),
     int_bound=st.sampled_from([0, 1, 2**16, 2**31]),
-    key_bits=st.sampled_from([1024, 2048, 3072]),
+    key_bits=st.sampled_from([2048, 3072, 4096]),
     extreme=st.sampled_from(["max", "min", "random"]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_slots_never_overflow_for_accepted_parameters(n, clip, frac_bits, int_bound, key_bits, extreme, seed):
+def test_slot_sums_never_overflow_for_accepted_parameters(n, clip, frac_bits, int_bound, key_bits, extreme, seed):
+    """n clients' ring values anywhere in their bounds: the plaintext sum mod N unpacks to the exact slot sums,
+    which the key holder's range check accepts for n clients."""
     try:
         fixed = FixedPoint.choose(n, clip=clip, frac_bits=frac_bits, int_bound=int_bound)
-        p = Packing.choose(n, fixed, 3 * 17 + 5, key_bits)
+        p = Packing.choose(n, fixed, 3 * 17, 5, key_bits)
     except ConfigError:
         return  # refused parameters make no claim
-    assert p.packed_bits <= key_bits - 1 and n * 2 * p.offset < 2**p.slot_bits
-    rng = np.random.default_rng(seed)
-    top = 2 * p.offset
+    assert p.per_plaintext * p.slot_bits <= key_bits - 1 and p.sum_bound(n) < 2 ** (p.slot_bits - 1)
+    top = extremes(p, 1)
     if extreme == "random":
-        slots = rng.integers(0, top, size=(n, p.length), endpoint=True, dtype=np.uint64)
+        rows = np.random.default_rng(seed).integers(-top, top, endpoint=True, size=(min(n, 50), p.length))
+        rows[:, -1] = np.abs(rows[:, -1])
     else:
-        slots = np.full((n, p.length), top if extreme == "max" else 0, np.uint64)
-    packed = [sum(col) for col in zip(*(p.pack(row) for row in slots[: min(n, 50)]), strict=True)]
-    # the other clients' plaintexts are the same rows again: multiply instead of repacking
-    reps = n - min(n, 50)
-    packed = [v + reps * u for v, u in zip(packed, p.pack(slots[0]), strict=True)] if reps else packed
-    assert all(v < 2 ** (key_bits - 1) for v in packed)  # below any key_bits-bit Paillier modulus
-    want = slots[: min(n, 50)].sum(axis=0, dtype=np.uint64) + np.uint64(reps) * slots[0]
-    assert np.array_equal(p.unpack(packed), want)
-
-
-def test_offset_slots_take_any_encoded_value():
-    fixed = FixedPoint.choose(4, clip=2.0, frac_bits=10, int_bound=100)
-    p = Packing.choose(4, fixed, 5, 2048)
-    ring = np.array([-2048, 2048, -100, 100, 1024], np.int64).astype(fixed.signed).view(fixed.dtype)
-    slots = p.offset_slots(ring, "client/0")
-    assert slots.min() >= 1 and slots.max() <= 2 * p.offset
-    assert np.array_equal(slots.astype(np.int64) - p.offset, [-2048, 2048, -100, 100, 1024])
-    beyond = np.array([-p.offset - 1, 0, 0, 0, 0], np.int64).astype(fixed.signed).view(fixed.dtype)
-    with pytest.raises(ProtocolError, match="client/0: .*offset"):  # never wrapped into a neighbour slot
-        p.offset_slots(beyond, "client/0")
+        rows = extremes(p, 1 if extreme == "max" else -1)[None, :]
+    packs = [ps.pack(r, p.slot_bits, p.per_plaintext, MODULUS) for r in rows]
+    reps = n - len(rows) + 1  # the other clients send the first row again: multiply instead of repacking
+    total = [(sum(col) + (reps - 1) * first) % MODULUS for col, first in zip(zip(*packs, strict=True), packs[0],
+                                                                             strict=True)]
+    sums = ps.unpack(total, p.slot_bits, p.per_plaintext, p.length, MODULUS, "keyholder")
+    assert np.array_equal(sums, rows.sum(axis=0) + (reps - 1) * rows[0])
+    p.check_sums(sums, n, "keyholder")
+    beyond = top.copy()
+    beyond[0] = 2 ** (p.slot_bits - 1)
+    with pytest.raises(ConfigError, match="slot"):  # never wrapped into a neighbour slot
+        ps.pack(beyond, p.slot_bits, p.per_plaintext, MODULUS)
 
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 1000), z=st.floats(0.1, 10), clip=st.sampled_from([0.5, 1.0, 8.0]),
-       frac_bits=st.integers(8, 20), sign=st.sampled_from([-1, 1]))
-def test_offset_holds_one_clients_value_with_its_distributed_noise(n, z, clip, frac_bits, sign):
-    """Attack 7: with DistributedGaussian a client's value reaches clip * 2^f plus its noise bound (20 sd)."""
+       frac_bits=st.integers(8, 20))
+def test_slots_hold_the_sum_with_its_distributed_noise(n, z, clip, frac_bits):
+    """Attack 7: with DistributedGaussian the slots hold n clients at the clip plus the bound on their summed noise
+    (20 sd of the sum, not n times one client's), and one client's value with its own noise."""
     mech = dp.DistributedGaussian(z, min(clip, 1.0))
     m = base.resolve_min_clients(None, n)  # the default policy: the fewest clients a released sum holds
+    variance = mech.client_variance(frac_bits, m)
     try:
         fixed = FixedPoint.choose(n, clip=clip, frac_bits=frac_bits, int_bound=2**16,
                                   noise_bound=mech.ring_headroom(frac_bits, n, m))
-        p = Packing.choose(n, fixed, 10, 3072, mech.ring_headroom(frac_bits, 1, m))
+        p = Packing.choose(n, fixed, 10, 0, 3072, variance)
     except ConfigError:
         return
-    variance = mech.client_variance(frac_bits, m)
-    extreme = sign * (math.floor(clip * fixed.scale) + 1 + math.floor(20 * math.sqrt(variance)))
-    ring = np.full(10, extreme, np.int64).astype(fixed.signed).view(fixed.dtype)
-    slots = p.offset_slots(ring, "client/0")
-    assert 0 <= slots.min() and slots.max() <= 2 * p.offset and n * 2 * p.offset < 2**p.slot_bits
+    half = 2 ** (p.slot_bits - 1)
+    assert n * math.ceil(clip * fixed.scale) + math.floor(20 * math.sqrt(n * variance)) <= p.sum_bound(n) < half
+    assert math.ceil(clip * fixed.scale) + math.floor(20 * math.sqrt(variance)) < half
+    # never wider than slots holding n per-client offsets that each cover one client's value with its noise
+    offset = max(math.ceil(clip * fixed.scale) + math.ceil(20 * math.sqrt(variance)), int(fixed.scale)) + 1
+    assert p.slot_bits <= (n * 2 * offset).bit_length()
 
 
 def test_packing_refuses_slots_wider_than_the_key():
     fixed = FixedPoint.choose(2**20, clip=2.0**21, frac_bits=20, int_bound=1)  # fits the 64-bit ring
     with pytest.raises(ConfigError, match="slot"):
-        Packing.choose(2**20, fixed, 10, 2048)
+        Packing.choose(2**20, fixed, 10, 0, 2048)
+    for kwargs, match in (({"key_bits": 1024}, "key_bits"), ({"key_bits": 2048, "randomness": "weak"}, "randomness")):
+        with pytest.raises(ConfigError, match=match):
+            Packing.choose(4, FixedPoint.choose(4, clip=1.0, frac_bits=16, int_bound=0), 10, 0, **kwargs)
 
 
 def test_roundtrip_through_parties_is_exact(parties):
@@ -196,7 +181,7 @@ def test_client_restored_mid_round_uses_its_saved_randomness(parties):
     dep, rnd = parties["dep"], parties["dep"].open()
     client = rnd.client(0)
     restored = dep.client(0, client.state_dict())
-    assert restored._zeros == client._zeros and len(restored._zeros) == parties["packing"].plaintexts
+    assert restored._zeros == client._zeros and len(restored._zeros) == parties["packing"].count
     server = rnd.server()
     request = server.step({PartyId.client(0): rnd.upload(0, restored),
                            **{PartyId.client(i): rnd.uploads[i] for i in (1, 2)}})
@@ -211,9 +196,8 @@ def signed_upload(p, rnd, cts: list[int], sender: int = 0, fingerprint: bytes | 
     """An upload of these ciphertexts for round `rnd` from client `sender`, signed by client 0 (its own key when it
     is one)."""
     dep = p["dep"]
-    w = Channel(PartyId.client(sender), SESSION, rnd.number).write(Kind.PAILLIER_UPLOAD, SERVER)
-    w.raw(fingerprint or base.digest(p["kh"].public))
-    body = w.u32(len(cts)).raw(to_bytes(cts, p["packing"].cipher_bytes)).finish()
+    body = upload_body(dep, rnd.number, pm.to_bytes(cts, p["packing"].ciphertext_bytes), sender, fingerprint,
+                       count=len(cts))
     return sign_upload(dep, body, signer=sender if sender < dep.n else 0, round_=rnd.number, index=sender)
 
 
@@ -221,14 +205,14 @@ def test_invalid_ciphertexts_are_refused(parties):
     """The server checks counts and lengths; the key holder, which parses the integers, refuses non-units and
     values beyond N^2, naming the client."""
     p = parties
-    pk, rnd = p["kh"]._public_key, p["dep"].open()
-    good = [pk.raw_encrypt(1) for _ in range(p["packing"].plaintexts)]
-    for bad in (0, pk.n, 3 * pk.n, pk.nsquare):  # zero and multiples of N are not units modulo N^2
+    pub, rnd = p["kh"]._public_key, p["dep"].open()
+    good = [p["kh"]._private.public_key.raw_encrypt(1) for _ in range(p["packing"].count)]
+    for bad in (0, pub.n, 3 * pub.n, pub.nsquare):  # zero and multiples of N are not units modulo N^2
         upload = signed_upload(p, rnd, [bad] + good[1:])
         server = rnd.server()
         server.step({PartyId.client(0): upload, PartyId.client(1): rnd.uploads[1]})
         assert server.included == [0, 1]
-        with pytest.raises(ProtocolError, match="keyholder: .*client/0: ciphertext outside Z\\*"):
+        with pytest.raises(ProtocolError, match="keyholder: .*client/0: ciphertext outside"):
             p["kh"].handle(rnd.forged_request([upload, rnd.uploads[1]]))
     for match, upload in {"another key": signed_upload(p, rnd, good, fingerprint=bytes(32)),
                           "number of ciphertexts": signed_upload(p, rnd, good[:-1]),
@@ -248,19 +232,64 @@ def test_swapped_or_malformed_public_key_is_refused(parties):
         rnd.client(0, setup=bytes(bad))
     with pytest.raises(ProtocolError, match="client/0"):
         rnd.client(0, setup=setup[:-70] + setup[-64:])
-    # the pinned key holder publishing an even modulus: refused once the signature checks out
-    even = (2**2047).to_bytes(256, "big")
-    signature = dep.identities[KEYHOLDER].sign(base.key_digest(dep.config.context(SESSION, rnd.number), even))
-    forged = base.write_key(rnd.ch.write(Kind.PAILLIER_SETUP, PartyId.client(0)), dep.policy, even, signature)
-    with pytest.raises(ProtocolError, match="odd"):
-        rnd.client(0, setup=forged)
+    n = int(p["kh"]._public_key.n)
+    # the pinned key holder publishing an even modulus, or a DJN base that is no unit: refused once signed
+    for public, match in (((2**2047).to_bytes(256, "big") + bytes(512), "odd"),
+                          (n.to_bytes(256, "big") + (1).to_bytes(512, "big"), "DJN base"),
+                          (n.to_bytes(256, "big") + (n * 5).to_bytes(512, "big"), "DJN base")):
+        signature = dep.identities[KEYHOLDER].sign(base.key_digest(dep.config.context(SESSION, rnd.number), public))
+        forged = base.write_key(rnd.ch.write(dep.kinds.setup, PartyId.client(0)), dep.policy, public, signature)
+        with pytest.raises(ProtocolError, match=f"client/0: .*{match}"):
+            rnd.client(0, setup=forged)
+
+
+def test_published_key_is_n_and_an_nth_residue_base(parties):
+    """The key holder publishes N and hs = h^N (an encryption of zero); a client keeps its fixed-base table of hs
+    while the key lives (a second round with the same key reuses it) and draws fresh exponents every round."""
+    kh, dep = parties["kh"], parties["dep"]
+    pub = kh._public_key
+    assert kh.public == int(pub.n).to_bytes(256, "big") + int(pub.hs).to_bytes(512, "big")
+    assert kh._private.raw_decrypt(int(pub.hs)) == 0
+    client = dep.client(0)
+    first = dep.open()
+    client.handle(first.setups[PartyId.client(0)])
+    table, zeros = client._randomness, list(client._zeros)
+    assert isinstance(table, pm.FixedBaseRandomness) and len(zeros) == parties["packing"].count
+    assert all(kh._private.raw_decrypt(int(z)) == 0 for z in zeros[:3])
+    client.handle(dep.open().setups[PartyId.client(0)])
+    assert client._randomness is table and not set(client._zeros) & set(zeros)
+
+
+def test_plain_randomness_option():
+    ups = [torch.randn(300, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    agg = Paillier(randomness="plain", seed=0)
+    res = agg.aggregate(ups)
+    assert res.report.params["randomness"] == "plain"
+    assert isinstance(agg._fed.parties[PartyId.client(0)]._randomness, pm.PlainRandomness)
+    assert (res.sum.double() - sum(u.double() for u in ups)).abs().max().item() <= 3 * 2**-16
+    with pytest.raises(ConfigError, match="randomness"):
+        Paillier(randomness="short")
+
+
+def test_keyholder_state_keeps_its_djn_base_and_refuses_a_forged_one(parties):
+    dep, kh = parties["dep"], parties["kh"]
+    restored = KeyHolder(dep.config, dep.identities[KEYHOLDER], kh.state_dict())
+    assert restored.public == kh.public
+    blobs = kh._secret_blobs()
+    other = pm.djn_base(kh._private) * 2 % int(kh._public_key.nsquare)  # a unit, but no encryption of zero
+    forged = state.dump("paillier", KEYHOLDER, dep.config.fingerprint, kh._guard, {"open": None},
+                        {**blobs, "hs": other.to_bytes(512, "big")})
+    with pytest.raises(ProtocolError, match="keyholder: saved state: hs is not an encryption of zero"):
+        KeyHolder(dep.config, dep.identities[KEYHOLDER], forged)
 
 
 def test_keyholder_refuses_slot_sums_out_of_range(parties):
-    """A sum above count clients' range (a lying client's values): refused, not decoded into a wrong result."""
+    """A sum beyond count clients' range (a lying client's values): refused, not decoded into a wrong result."""
     packing, kh = parties["packing"], parties["kh"]
-    over = [kh._public_key.raw_encrypt(packing.pack(np.full(packing.length, 2 * packing.offset + 1))[j])
-            for j in range(packing.plaintexts)]
-    with pytest.raises(ProtocolError, match="out of range"):
-        kh._decrypt(over, 1, "keyholder")
-    assert kh._decrypt(over, 2, "keyholder").size == packing.length
+    pub = kh._public_key
+    over = 2 * extremes(packing, 1)  # two clients' worth in one upload
+    plains = ps.pack(over, packing.slot_bits, packing.per_plaintext, pub.n)
+    cts = pm.encrypt(pub, plains, pm.PlainRandomness(pub).zeros(len(plains)))
+    with pytest.raises(ProtocolError, match="out of range for 1 clients"):
+        kh._decrypt(list(cts), 1, "keyholder")
+    assert kh._decrypt(list(cts), 2, "keyholder").size == packing.length

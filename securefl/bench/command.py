@@ -22,10 +22,11 @@ installed. Writes results.json (with the machine description), results.md and PN
 point, SecAgg+ n in {50, 100, 200} at m=100; 3 timed rounds per cell, 10 s per cell, no new cell
 after 140 s: under 3 minutes on 2 cores (about 2 minutes measured on a busy 2-core Xeon).
 Full run (default): n in {10, 50, 100}, m in {1e3, 1e4, 1e5}, dropout 0 and 10%, both DP mechanisms
-at n=100, m=1e5, SecAgg+ n in {100, 300, 1000} at m=1e4, peers (TenSEAL at FLARE's defaults, phe per
-value, Flower's SecAgg+) at the base point; 3 timed rounds per cell, 300 s per cell. Larger sizes are
-one option away (--n, --m, --scaling-n, --repeats). Paillier fits the cell budget only at small m;
-its larger cells are skipped with their estimate. See docs/benchmarks.md for the measured duration.
+at n=100, m=1e5, SecAgg+ n in {100, 300, 1000, 3000, 10000} at m=1e4 (600 s per cell of that sweep),
+peers (TenSEAL at FLARE's defaults, phe per value, Flower's SecAgg+) at the base point; 3 timed rounds
+per cell, 300 s per cell. Larger sizes are one option away (--n, --m, --scaling-n, --repeats).
+Paillier fits the cell budget only at small m; its larger cells are skipped with their estimate.
+See docs/benchmarks.md for the measured duration.
 """
 
 

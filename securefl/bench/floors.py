@@ -2,9 +2,10 @@
 
 A party's floor is the time this machine needs just to expand the AES-CTR keystream the
 scheme obliges it to expand and to add the ring words it must add, at the throughputs measured
-in the same run; no implementation of the scheme can be faster than that on this machine.
-Schemes without a PRG model (the HE schemes, anything newly registered) get the floor of reading
-the bytes the party sends (clients) or receives (aggregating parties) once.
+in the same run; no implementation of the scheme can be faster than that on this machine. What a
+party must expand and add is the scheme class's floor model (securefl.aggregator.Aggregator.floor);
+schemes without a keystream model (the HE schemes) get the base class's: reading once the bytes the
+party sends (clients) or receives (aggregating parties).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import numpy as np
 
+from securefl import schemes
 from securefl.crypto.prg import Expander
 
 
@@ -60,34 +62,12 @@ def _party(prg: float, add: float, hw: dict[str, float], basis: str) -> dict[str
 
 def scheme_floor(scheme: str, n: int, m: int, survivors: int, params: dict, parties: dict[str, dict],
                  hw: dict[str, float]) -> dict[str, dict]:
-    """Floor per party kind (one party of that kind) of one round: n clients, m float parameters.
+    """Floor per party kind (one party of that kind) of one round of the registered `scheme`: n clients, m float
+    parameters, from the scheme class's floor model (Aggregator.floor) at the throughputs `hw`.
 
-    `parties` is a cell's per-kind summary (bytes_sent_per_party, bytes_received_per_party), used by
-    the generic bytes-read floor. The PRG models count ring words of (m + 1) (floats, weight slot).
+    `parties` is a cell's per-kind summary (bytes_sent_per_party, bytes_received_per_party): the measured traffic
+    the generic bytes-read floor reads.
     """
-    word = params.get("ring_bits", 32) // 8
-    vec = (m + 1) * word
-    dropped = n - survivors
-    if scheme == "plaintext":
-        return {"client": _party(0, vec, hw, "write the encoding"), "server": _party(0, survivors * vec, hw, "add")}
-    if scheme == "additive":
-        k = params["num_aggregators"]
-        return {
-            "client": _party((k - 1) * vec, (k - 1) * vec, hw, "expand+add"),
-            "helper": _party(survivors * vec, survivors * vec, hw, "expand+add"),
-            "leader": _party(0, (survivors + k - 1) * vec, hw, "add"),
-        }
-    if scheme.startswith("secagg") and "neighbors" in params:  # SecAgg and SecAgg+ (registry name "secagg+")
-        k = params["neighbors"]
-        # the server removes every survivor's self mask and, for each client dropped after sharing its keys,
-        # its pairwise masks with its surviving neighbours (k * survivors / (n - 1) of them on average)
-        server_prg = (survivors + dropped * k * survivors / max(n - 1, 1)) * vec
-        return {
-            "client": _party((k + 1) * vec, (k + 1) * vec, hw, "expand+add"),
-            "server": _party(server_prg, server_prg + survivors * vec, hw, "expand+add"),
-        }
-    out = {}
-    for kind, p in parties.items():
-        read = p["bytes_sent_per_party"] if kind == "client" else p["bytes_received_per_party"]
-        out[kind] = _party(0, read, hw, "read bytes once")
-    return out
+    traffic = {kind: (p["bytes_sent_per_party"], p["bytes_received_per_party"]) for kind, p in parties.items()}
+    model = schemes.scheme_class(scheme).floor(n, m, survivors, params, traffic)
+    return {kind: _party(prg, add, hw, basis) for kind, (prg, add, basis) in model.items()}

@@ -2,7 +2,7 @@
 
 Points are a star around a base (n, m, dropout): n swept at the base m, m swept at the base n,
 the dropout rate swept, DP at the base point with each mechanism (where the Aggregator base takes dp=), and
-the SecAgg+ scaling sweep in n (schemes whose registry name has "+" or "plus"). At each point
+the scaling sweep to large n (schemes whose class says `scales_in_n`, e.g. SecAgg+). At each point
 every scheme gets the same updates, seed and dropped clients; each runs one warm-up round (Numba
 JIT, key generation: reported as first_call_s), then `repeats` rounds interleaved across the
 schemes so they share the machine's load. Figures are medians over those rounds. A scheme that
@@ -35,8 +35,16 @@ def supports_dp() -> bool:
 
 
 def scaling_schemes(names: list[str]) -> list[str]:
-    """The registered SecAgg+ variants (names with '+' or 'plus'), swept in n for the log-log plot."""
-    return [s for s in names if "+" in s or "plus" in s.lower()]
+    """The schemes whose client cost grows more slowly than n (their class's `scales_in_n`, e.g. SecAgg+), swept to
+    large n for the log-log plot. A scheme that cannot be built is left out here; its cells record why."""
+    out = []
+    for name in names:
+        try:
+            if schemes.make(name).scales_in_n():
+                out.append(name)
+        except Exception:  # its cells record the error
+            continue
+    return out
 
 
 def make_mechanism(config: Config, kind: str) -> object:
@@ -80,7 +88,7 @@ def plan(config: Config, names: list[str]) -> list[Point]:
     scaled = scaling_schemes(names)
     if scaled:
         for n in c.scaling_ns:
-            add(n, c.scaling_m, c.base_dropout, None, "scaling", ["plaintext", *scaled])
+            add(n, c.scaling_m, c.base_dropout, None, "scaling", [schemes.BASELINE, *scaled])
     return sorted(points.values(), key=lambda p: (p.n * p.m, p.n, p.dropout, p.dp or ""))
 
 
@@ -175,17 +183,17 @@ class _Estimates:
 def _skip_reason(name: str, point: Point, config: Config, est: _Estimates, deadline: float | None) -> str | None:
     if deadline is not None and time.perf_counter() > deadline:
         return f"the run's time budget of {config.run_budget_s:g} s was spent"
-    guess = est.estimate(name, point.n, point.m)
-    if guess is not None and 2 * guess > config.cell_budget_s:
+    guess, budget = est.estimate(name, point.n, point.m), config.cell_budget(point.sweeps)
+    if guess is not None and 2 * guess > budget:
         return (f"estimated {guess:.2f} s per round: a warm-up and one timed round exceed the cell budget "
-                f"of {config.cell_budget_s:g} s")
+                f"of {budget:g} s")
     return None
 
 
-def _timed_rounds(warmup: float, guess: float | None, config: Config) -> int:
+def _timed_rounds(warmup: float, guess: float | None, config: Config, budget: float) -> int:
     """Timed rounds that fit the cell budget after the warm-up (at least one, at most config.repeats)."""
     per_round = min(warmup, guess) if guess is not None else warmup
-    return max(1, min(config.repeats, int((config.cell_budget_s - warmup) / max(per_round, 1e-9))))
+    return max(1, min(config.repeats, int((budget - warmup) / max(per_round, 1e-9))))
 
 
 def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress,
@@ -217,7 +225,8 @@ def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress
             tick(units, f"{name} failed")
             continue
         aggs[name], samples[name] = agg, []
-        rounds[name] = _timed_rounds(cell["warmup_s"], est.estimate(name, point.n, point.m), config)
+        rounds[name] = _timed_rounds(cell["warmup_s"], est.estimate(name, point.n, point.m), config,
+                                     config.cell_budget(point.sweeps))
         tick(1 + config.repeats - rounds[name], f"{name} n={point.n} m={point.m}")
     for rep in range(config.repeats):
         for name, agg in list(aggs.items()):
@@ -236,7 +245,7 @@ def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress
                 tick(rounds[name] - rep, f"{name} failed")
                 continue
             tick(1, f"{name} n={point.n} m={point.m}")
-    base = last.get("plaintext") if "plaintext" in aggs else None
+    base = last.get(schemes.BASELINE) if schemes.BASELINE in aggs else None
     for name in aggs:
         cell, res = cells[name], last[name]
         cell.update(median_tree(samples[name]))
@@ -252,7 +261,7 @@ def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress
             est.add(name, point.n, point.m, cell["wall_s"])
     if base is not None:
         for name in aggs:
-            cells[name]["ratio"] = ratios(cells[name], cells["plaintext"])
+            cells[name]["ratio"] = ratios(cells[name], cells[schemes.BASELINE])
     return list(cells.values())
 
 
@@ -276,12 +285,12 @@ def first_calls(cells: list[dict]) -> dict[str, float]:
 
 
 def scheme_names(config: Config) -> list[str]:
-    """The schemes a run measures, Plaintext (the baseline of every ratio) first."""
+    """The schemes a run measures, the baseline (Plaintext, the base of every ratio) first."""
     registered = schemes.names()
     unknown = [s for s in config.schemes if s not in registered]
     if unknown:
         raise InputError(f"unknown schemes {', '.join(unknown)}; registered: {', '.join(registered)}")
-    return ["plaintext", *[s for s in (config.schemes or registered) if s != "plaintext"]]
+    return [schemes.BASELINE, *[s for s in (config.schemes or registered) if s != schemes.BASELINE]]
 
 
 def run(config: Config, progress: Progress | None = None) -> dict:

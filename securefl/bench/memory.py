@@ -14,12 +14,13 @@ from contextlib import contextmanager
 METHOD = "VmHWM after the round minus VmRSS before it, VmHWM reset via /proc/self/clear_refs"
 
 
-def _status_kb(field: str) -> int:
+def _status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (None where the kernel does not report it)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
+    return None
 
 
 def _reset() -> bool:
@@ -46,8 +47,8 @@ class Peak:
 def peak_memory() -> Iterator[Peak]:
     """Measure the block's peak memory into the yielded Peak."""
     peak = Peak()
-    ok = _reset()
-    before = _status_kb("VmRSS") if ok else 0
+    before = _status_kb("VmRSS") if _reset() else None
     yield peak
-    if ok:
-        peak.bytes = max(0, _status_kb("VmHWM") - before) * 1024
+    after = _status_kb("VmHWM") if before is not None else None
+    if after is not None:
+        peak.bytes = max(0, after - before) * 1024

@@ -9,6 +9,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from securefl import schemes
+
 LIBRARIES = ("securefl", "numpy", "torch", "numba", "cryptography", "tenseal", "phe", "gmpy2", "flwr",
              "dp-accounting", "matplotlib")
 HEADERS = ("scheme", "DP", "n", "m", "drop", "client s", "aggregators s", "client sent", "B/param",
@@ -215,7 +217,7 @@ def _bytes_plot(plt, cells: list[dict], cfg: dict, path: Path) -> bool:
 
 
 def _scaling_plot(plt, cells: list[dict], path: Path) -> bool:
-    series = {k: v for k, v in _series(cells, "scaling", "n").items() if k != "plaintext"}
+    series = {k: v for k, v in _series(cells, "scaling", "n").items() if k != schemes.BASELINE}
     if not series or max(len(v) for v in series.values()) < 2:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -227,8 +229,9 @@ def _scaling_plot(plt, cells: list[dict], path: Path) -> bool:
         b.loglog(ns, [c["parties"].get("server", {}).get("bytes_sent_per_party") for _, c in pts], "s-",
                  label=f"{scheme} server")
     m = next(iter(series.values()))[0][1]["m"]
-    a.set(title=f"SecAgg+ seconds per round, m={m}", xlabel="clients n", ylabel="seconds")
-    b.set(title="SecAgg+ bytes sent per party", xlabel="clients n", ylabel="bytes")
+    swept = ", ".join(series)
+    a.set(title=f"{swept}: seconds per round, m={m}", xlabel="clients n", ylabel="seconds")
+    b.set(title=f"{swept}: bytes sent per party", xlabel="clients n", ylabel="bytes")
     for ax in (a, b):
         _ticks(ax, sorted({x for pts in series.values() for x, _ in pts}))
         ax.grid(True, which="both", alpha=0.3)
@@ -237,7 +240,7 @@ def _scaling_plot(plt, cells: list[dict], path: Path) -> bool:
 
 
 def plots(results: dict, out: Path) -> list[Path]:
-    """The PNG plots that have data: time vs n, time vs m, bytes per parameter, SecAgg+ log-log scaling."""
+    """The PNG plots that have data: time vs n, time vs m, bytes per parameter, the log-log scaling sweep (SecAgg+)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,6 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from securefl.crypto.primitives import hkdf
+from securefl.errors import InputError
 
 SEED_BYTES = 32
 CHUNK_WORDS = 1 << 16  # add/sub work in pieces that stay in the L2 cache
@@ -66,7 +67,7 @@ class Expander:
         cache-resident slice of acc: one pass over acc, and no Python call per key per full vector.
         """
         if acc.shape != (self.length,):
-            raise ValueError(f"accumulator of shape {acc.shape}, expected ({self.length},)")
+            raise InputError(f"PRG: accumulator of shape {acc.shape}, expected ({self.length},)")
         streams = [(self._encryptor(k).update_into, np.add) for k in add]
         streams += [(self._encryptor(k).update_into, np.subtract) for k in sub]
         zeros, buf, words = self._small

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from securefl.errors import ProtocolError
+from securefl.errors import ConfigError, InputError, ProtocolError
 
 P = (1 << 61) - 1
 SECRET_BYTES = 32
@@ -38,7 +38,7 @@ def random_elements(shape: tuple[int, ...]) -> np.ndarray:
 def secrets_to_elements(secrets: list[bytes]) -> np.ndarray:
     """32-byte secrets -> (len, ELEMS) field elements, little-endian 7-byte chunks."""
     if any(len(s) != SECRET_BYTES for s in secrets):
-        raise ValueError("secrets must be 32 bytes each")
+        raise InputError("shamir: secrets must be 32 bytes each")
     raw = np.zeros((len(secrets), ELEMS * _CHUNK), np.uint8)
     raw[:, :SECRET_BYTES] = np.frombuffer(b"".join(secrets), np.uint8).reshape(len(secrets), SECRET_BYTES)
     words = np.zeros((len(secrets), ELEMS, 8), np.uint8)
@@ -68,7 +68,7 @@ def split_secrets(secrets: list[bytes], threshold: int, holders: np.ndarray) -> 
     """Shares of all `secrets` for all `holders` (party indices): (len(holders), len(secrets) * ELEMS)."""
     holders = np.asarray(holders, np.int64)
     if not 1 <= threshold <= holders.size:
-        raise ValueError(f"threshold {threshold} must be in [1, {holders.size}]")
+        raise ConfigError(f"shamir: threshold {threshold} must be in [1, {holders.size}]")
     flat = secrets_to_elements(secrets).reshape(-1)
     coeffs = random_elements((flat.size, threshold - 1))
     out = np.empty((holders.size, flat.size), np.uint64)
@@ -85,13 +85,13 @@ def reconstruct(holders: np.ndarray, shares: np.ndarray) -> np.ndarray:
     """
     holders = np.asarray(holders, np.int64)
     if holders.ndim != 2 or shares.shape[:2] != holders.shape:
-        raise ValueError("holders must be (G, t) and shares (G, t, S)")
+        raise InputError("shamir: holders must be (G, t) and shares (G, t, S)")
     uniq, inverse = np.unique(holders, axis=0, return_inverse=True)
     lam = np.empty(uniq.shape, np.uint64)
     from securefl.crypto import _kernels
 
     if not _kernels.lagrange_at_zero((uniq + 1).astype(np.uint64), lam):
-        raise ValueError("share holders must be distinct non-negative indices")
+        raise InputError("shamir: share holders must be distinct non-negative indices")
     out = np.empty((holders.shape[0], shares.shape[2]), np.uint64)
     _kernels.combine(lam[inverse.reshape(-1)], np.ascontiguousarray(shares, np.uint64), out)
     return out

@@ -4,7 +4,7 @@ GaussianMechanism (central: the party that decodes the sum adds the noise) and D
 (each client adds its share inside the integer ring, before masking or sharing) both add exact
 discrete Gaussian noise on the fixed-point grid from the OS CSPRNG (securefl.dp.sampler). A
 released round is a dp-accounting DpEvent; an Accountant (securefl.dp.accounting) composes them.
-epsilon / noise_multiplier give the same figures for planning. The audit lives in securefl.dp.audit.
+epsilon / noise_multiplier give the same figures for planning. The audit (top layer) lives in securefl.audit.
 """
 
 from securefl.dp.accounting import Accountant, epsilon, noise_multiplier

@@ -3,10 +3,10 @@ builds from a RoundConfig (securefl.he.base, securefl.he.server)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from securefl.aggregator import Aggregator
+from securefl.aggregator import Aggregator, RoleView
 from securefl.errors import ConfigError
 from securefl.he.base import STAGES, Client, KeyHolder, resolve_min_clients
 from securefl.he.server import Server
@@ -45,6 +45,19 @@ class HEAggregator(Aggregator):
 
     def roles(self) -> tuple[int, bool]:
         return 0, True
+
+    def roles_view(self, params: Mapping[str, object]) -> dict[str, RoleView]:
+        b = int(params["min_clients"])
+        return {"server": RoleView(f"ciphertexts, then one decrypted sum per round, of >= {b} signed uploads",
+                                   f"the key holder, or {b - 1} colluding clients (a sum of {b}, all but the target's "
+                                   "known)", "sum", released=True),
+                "keyholder": RoleView("the sum it decrypts (before the central noise it adds)",
+                                      "the server (it holds every ciphertext)", "sum"),
+                "keyholder + server": RoleView("every client's update", "-", "updates"),
+                f"server + {b - 1} clients": RoleView("one update, after the key holder's release noise", "-",
+                                                       "updates", released=True),
+                "client": RoleView("its own update and the key holder's signed public key",
+                                   "the key holder and the server together", "nothing")}
 
     def min_clients_for(self, n_clients: int) -> int:
         """RoundConfig.min_clients of a deployment of n_clients: the fewest clients the key holder decrypts."""

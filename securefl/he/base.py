@@ -26,9 +26,13 @@ fingerprint, which every signature binds through RoundContext.digest with the se
   and signs SHA-256 of its upload with its Ed25519 identity, bound to the round and its index. Its
   round state (the key; Paillier's unused randomness) is part of its saved state and used once.
 
-The SHA-256 digest inside an upload is what its client signs, not an authenticator by itself: the
-Ed25519 signature is the authentication; the server checks it over the stated digest without hashing
-the ciphertexts, the key holder hashes them.
+An upload is one fixed layout: header, the key's fingerprint, the ciphertext count, the scheme's
+ciphertexts (count x `params.ciphertext_bytes`, one raw section), then SHA-256 of all that and the
+client's signature. The SHA-256 digest is what its client signs, not an authenticator by itself: the
+Ed25519 signature is the authentication; the server checks it over the stated digest and the layout
+without hashing the ciphertexts, the key holder hashes them. Large sections are never copied to be
+read: the client joins its message once, the server forwards uploads as byte arrays in one AGGREGATE,
+and the key holder reads every upload and its section as views of that message.
 """
 
 from __future__ import annotations
@@ -51,12 +55,25 @@ from securefl.he import state
 from securefl.keys import Identity
 from securefl.protocol import Party, UpdateSource
 from securefl.session import ReplayGuard, RoundConfig, RoundContext
-from securefl.wire import KEYHOLDER, SERVER, Channel, Header, Kind, PartyId, Reader, Role, Writer, peek
+from securefl.wire import (
+    KEYHOLDER,
+    PARTY_HEADER_SIZE,
+    SERVER,
+    Channel,
+    Header,
+    Kind,
+    PartyId,
+    Reader,
+    Role,
+    Writer,
+    peek,
+)
 
 STAGES = ("setup", "upload", "decrypt")
 DIGEST_BYTES = 32
 SIGNATURE_BYTES = crypto.SIGNATURE_BYTES
 UPLOAD_TRAILER = DIGEST_BYTES + SIGNATURE_BYTES  # an upload ends with SHA-256(body) and its client's signature
+UPLOAD_PREFIX = PARTY_HEADER_SIZE + DIGEST_BYTES + 4  # header, key fingerprint, u32 ciphertext count
 MAX_PUBLIC_BYTES = 1 << 26
 L_KEY = b"securefl/he/public-key"
 L_UPLOAD = b"securefl/he/upload"
@@ -111,7 +128,7 @@ class Policy:
     config: RoundConfig
     codec: RoundCodec
     min_clients: int
-    params: Any  # the scheme's public HE parameters: ckks.Params, paillier.Packing
+    params: Any  # the scheme's public HE parameters (ckks_params.Params, paillier.Packing): count, ciphertext_bytes
 
     @classmethod
     def of(cls, config: RoundConfig, scheme: str, kinds: Kinds, choose: Callable[[RoundConfig, RoundCodec], Any],
@@ -185,24 +202,62 @@ def read_key(r: Reader, policy: Policy, ctx: RoundContext) -> tuple[bytes, bytes
     return public, signature
 
 
-def open_upload(policy: Policy, ctx: RoundContext, payload: bytes, key: bytes, seen: Container[int], who: str,
-                sender: PartyId | None = None) -> tuple[int, Reader, memoryview, bytes]:
-    """(client index, reader at its ciphertexts, body, stated digest) of an upload addressed to the server whose
-    client's signature over the stated digest checks out, encrypted under the key with fingerprint `key`."""
-    if not isinstance(payload, (bytes, bytearray)) or len(payload) < UPLOAD_TRAILER:
+class Upload(NamedTuple):
+    """A signed upload whose signature and layout checked out (views of the message: nothing copied)."""
+
+    index: int  # its client
+    section: memoryview  # the ciphertexts: count x params.ciphertext_bytes
+    body: memoryview  # what the stated digest must be SHA-256 of
+    stated: bytes
+    who: str
+
+
+def upload_bytes(params: Any) -> int:
+    """Size of one client's signed upload under these HE parameters."""
+    return UPLOAD_PREFIX + params.count * params.ciphertext_bytes + UPLOAD_TRAILER
+
+
+def write_upload(w: Writer, key: bytes, params: Any, section: Any) -> tuple[bytes, Any]:
+    """(prefix, SHA-256 state of prefix + section): the upload's fixed head written by `w`, hashed with the
+    section (a bytes-like object of count x ciphertext_bytes) without joining them."""
+    prefix = w.raw(key).u32(params.count).finish()
+    h = hashlib.sha256(prefix)
+    h.update(section)
+    return prefix, h
+
+
+def open_upload(policy: Policy, ctx: RoundContext, payload: bytes | memoryview, key: bytes, seen: Container[int],
+                who: str, sender: PartyId | None = None) -> Upload:
+    """An upload addressed to the server whose client's signature over the stated digest checks out, encrypted
+    under the key with fingerprint `key`, of the round's count and length of ciphertexts."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)) or len(payload) < UPLOAD_PREFIX + UPLOAD_TRAILER:
         raise ProtocolError(f"{who}: expected a signed upload")
-    view = memoryview(payload)
+    view = memoryview(payload).cast("B")
     body, stated, signature = view[:-UPLOAD_TRAILER], bytes(view[-UPLOAD_TRAILER:-SIGNATURE_BYTES]), bytes(
         view[-SIGNATURE_BYTES:])
     r = Channel(SERVER, ctx.session, ctx.round).read(body, policy.kinds.upload, sender or Role.CLIENT, who)
     index = r.header.sender.index
     if index >= policy.n or index in seen:
         raise ProtocolError(f"{who}: upload of an unknown or repeated client ({r.header.sender})")
-    r.what = f"{who}: upload of client/{index}"
-    policy.config.directory.verify(PartyId.client(index), signature, upload_digest(ctx, index, stated), r.what)
+    what = f"{who}: upload of client/{index}"
+    policy.config.directory.verify(PartyId.client(index), signature, upload_digest(ctx, index, stated), what)
     if r.raw(DIGEST_BYTES) != key:
-        raise ProtocolError(f"{r.what}: encrypted under another key")
-    return index, r, body, stated
+        raise ProtocolError(f"{what}: encrypted under another key")
+    params = policy.params
+    if r.u32() != params.count:
+        raise ProtocolError(f"{what}: wrong number of ciphertexts")
+    if len(view) != upload_bytes(params):  # the rest of the body is the section: fixed-width ciphertexts
+        raise ProtocolError(f"{what}: {len(body) - UPLOAD_PREFIX} bytes of ciphertexts, expected "
+                            f"{params.count} x {params.ciphertext_bytes}")
+    return Upload(index, body[UPLOAD_PREFIX:], body, stated, what)
+
+
+def write_uploads(w: Writer, uploads: list[bytes]) -> bytes:
+    """AGGREGATE's uploads: a count, then each upload as a byte array (the key holder reads views of them)."""
+    w.u32(len(uploads))
+    for upload in uploads:
+        w.array(np.frombuffer(upload, np.uint8))
+    return w.finish()
 
 
 class KeyHolder(Party, ABC):
@@ -244,8 +299,9 @@ class KeyHolder(Party, ABC):
         """The public key as it travels."""
 
     @abstractmethod
-    def _add(self, acc: Any, r: Reader, who: str) -> Any:
-        """Parse one upload's ciphertexts from `r` (to its end) and add them to `acc` (None at first)."""
+    def _add(self, acc: Any, section: memoryview, who: str) -> Any:
+        """Parse one upload's ciphertexts (count x ciphertext_bytes), check them and add them to `acc` (None at
+        first); ProtocolError naming `who` when one is malformed."""
 
     @abstractmethod
     def _decrypt(self, acc: Any, count: int, who: str) -> np.ndarray:
@@ -285,14 +341,13 @@ class KeyHolder(Party, ABC):
             raise ProtocolError(f"{what}: a sum of {count} clients; the key holder decrypts sums of "
                                 f"{pol.min_clients} to {pol.n}")
         acc, included = None, []
-        for _ in range(count):  # one upload at a time: no copy of all of them at once
-            upload = r.blob(pol.params.max_upload_bytes)
-            index, body_r, body, stated = open_upload(pol, ctx, upload, self._fingerprint, included, what)
-            if digest(body) != stated:
-                raise ProtocolError(f"{body_r.what}: its bytes do not hash to the digest it states (corrupted after "
+        for _ in range(count):  # one upload at a time, each a view of the request: nothing is copied
+            up = open_upload(pol, ctx, memoryview(r.array(np.uint8)), self._fingerprint, included, what)
+            if digest(up.body) != up.stated:
+                raise ProtocolError(f"{up.who}: its bytes do not hash to the digest it states (corrupted after "
                                     "signing, or a lying client)")
-            acc = self._add(acc, body_r, body_r.what)
-            included.append(index)
+            acc = self._add(acc, up.section, up.who)
+            included.append(up.index)
         r.end()
         self._open = None  # the round is spent before anything is decrypted
         ring = self._decrypt(acc, count, what)
@@ -351,8 +406,9 @@ class Client(Party, ABC):
         """Load `_round_blobs` output."""
 
     @abstractmethod
-    def _write_ciphertexts(self, w: Writer, update: object, weight: float) -> int:
-        """Encode and encrypt this client's update into `w`; the number of values clipped."""
+    def _ciphertexts(self, update: object, weight: float) -> tuple[Any, int]:
+        """Encode and encrypt this client's update: (its count x ciphertext_bytes ciphertexts as one bytes-like
+        section, the number of values clipped)."""
 
     # --- the protocol ------------------------------------------------------------------------------
 
@@ -384,12 +440,12 @@ class Client(Party, ABC):
         if update is None:
             raise ProtocolError(f"{self.id}: asked for its input, but no update was supplied")
         values, weight = update()
-        w = ch.write(self.policy.kinds.upload, SERVER).raw(self._key)
-        self.clipped = self._write_ciphertexts(w, values, weight)
-        self._round = self._public = self._key = None  # one upload per round; Paillier's randomness is used up
-        body = w.finish()
-        d = digest(body)
-        return body + d + self._identity.sign(upload_digest(self.policy.context(h.session, h.round), self.id.index, d))
+        section, self.clipped = self._ciphertexts(values, weight)
+        key, self._round, self._public, self._key = self._key, None, None, None  # one upload per round
+        prefix, sha = write_upload(ch.write(self.policy.kinds.upload, SERVER), key, self.policy.params, section)
+        d = sha.digest()
+        signature = self._identity.sign(upload_digest(self.policy.context(h.session, h.round), self.id.index, d))
+        return b"".join((prefix, section, d, signature))  # the one copy of the ciphertexts
 
     def state_dict(self) -> bytes:
         """The replay guard and, between SETUP and REQUEST, the round's public key and offline work."""

@@ -100,10 +100,14 @@ def _pack_planar(u, bits, g, groups, out):  # pragma: no cover - compiled
                     out[r, (i + 1) * groups + k] |= x >> back
 
 
-def pack_planar(u: np.ndarray, bits: int) -> np.ndarray:
-    """(rows, per) values below 2^bits -> (rows, words(bits, per)) uint64 words, planar order."""
+def pack_planar(u: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(rows, per) values below 2^bits -> (rows, words(bits, per)) uint64 words, planar order (into `out`, any
+    (rows, words) view, when given)."""
     g, wg, groups = _group(bits, u.shape[1], planar=True)
-    out = np.zeros((u.shape[0], wg * groups), np.uint64)
+    if out is None:
+        out = np.zeros((u.shape[0], wg * groups), np.uint64)
+    else:
+        out[...] = 0
     _pack_planar(u, bits, g, groups, out)
     return out
 

@@ -1,48 +1,69 @@
-"""CKKS aggregation with TenSEAL: clients encrypt under the key holder's public key; the key holder re-adds their
-signed uploads and decrypts one checked sum per round.
+"""CKKS aggregation on SEAL (through TenSEAL's sealapi): clients encrypt under the key holder's public key; the key
+holder re-adds their signed uploads and decrypts one checked sum per round.
 
 The parties and their checks are securefl.he.base (client, key holder) and securefl.he.server (the
-server); CKKS supplies its parameters and SEAL objects (securefl.he.ckks_seal): the smallest 128-bit
-parameters for the configuration's n, layout and precision (or the option poly_modulus_degree),
-two reals per complex slot, and a key holder that never releases a raw CKKS decryption (it
-range-checks the sum and rounds it to the codec's grid with fresh secret randomness).
+server); CKKS supplies its parameters (securefl.he.ckks_params: the smallest 128-bit parameters for
+the configuration's n, layout and precision, or the option poly_modulus_degree; no special prime) and
+its ciphertexts (securefl.he.ckks_io: two reals per complex slot, bit-packed RNS coefficients on the
+wire, one raw section per upload).
 
-Saved state: the key holder's is its TenSEAL context with the secret key (TenSEAL's own
-serialization); a client's, between setup and upload, the public context it was sent.
+What is checked where:
+
+* client: SEAL loads and validates the key holder's public key (its parameters are the round's);
+* server: each upload's signature, key fingerprint, ciphertext count and section length; it never
+  parses a coefficient;
+* key holder: every coefficient of every upload is below its prime, in the same pass that adds it
+  (ckks_io.Accumulator; a refused upload is a ProtocolError naming its client, and the sum is left as
+  it was); each summed ciphertext then goes through SEAL's own load, which validates its parameters,
+  NTT form, size and every coefficient, before SEAL decrypts it; the decrypted values are range-checked
+  and rounded (ckks_params.release).
+
+Option precompute (False by default): clients make their encryptions of zero in the setup stage, which
+a deployment can run before the update exists (during local training); online work is then about a
+third. They take 16 bytes per value per prime until used, and are not saved in a client's state: a
+client restored between setup and upload encrypts afresh.
+
+Saved state: the key holder's is the 64-byte seed its keys come from (ckks_io.keygen); a client's,
+between setup and upload, the public key it was sent.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import tenseal as ts
-from tenseal import sealapi
+import os
+from collections.abc import Mapping
+from typing import Any
 
+import numpy as np
+
+from securefl.aggregator import Floor
 from securefl.dp.accounting import Accountant
 from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
 from securefl.he import base
+from securefl.he import ckks_io as ci
 from securefl.he.aggregator import HEAggregator
-from securefl.he.ckks_seal import DEGREES, TENSEAL_ERRORS, Params, SealIO, load_context, release
+from securefl.he.ckks_params import Params, release
 from securefl.session import RoundConfig
-from securefl.wire import Kind, Reader, Writer
+from securefl.wire import Kind
 
 SCHEME = "ckks"
 KINDS = base.Kinds(Kind.CKKS_OPEN, Kind.CKKS_KEY, Kind.CKKS_SETUP, Kind.CKKS_READY, Kind.CKKS_REQUEST,
                    Kind.CKKS_UPLOAD, Kind.CKKS_AGGREGATE, Kind.CKKS_RESULT)
+DEGREES = ci.DEGREES
 
 
 def choose(config: RoundConfig, codec: RoundCodec) -> Params:
-    """The CKKS parameters of `config` (option poly_modulus_degree: None for the smallest that fits)."""
-    unknown = set(config.options) - {"poly_modulus_degree"}
+    """The CKKS parameters of `config` (options poly_modulus_degree: None for the smallest that fits; precompute)."""
+    unknown = set(config.options) - {"poly_modulus_degree", "precompute"}
     if unknown:
-        raise ConfigError(f"ckks: unknown options {sorted(unknown)} (it takes poly_modulus_degree)")
+        raise ConfigError(f"ckks: unknown options {sorted(unknown)} (it takes poly_modulus_degree, precompute)")
     degree = config.options.get("poly_modulus_degree")
     if degree is not None and degree not in DEGREES:
         raise ConfigError(f"poly_modulus_degree must be one of {DEGREES}, got {degree}")
     if codec.client_variance:
         raise ConfigError("ckks: its clients encrypt reals, not ring words, and add no distributed noise; "
                           "use dp.GaussianMechanism with it")
-    return Params.choose(config.n, codec.layout, codec.fixed, degree)
+    return Params.choose(config.n, codec.layout, codec.fixed, degree, config.options.get("precompute", False))
 
 
 def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Policy:
@@ -51,92 +72,81 @@ def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Po
 
 
 class KeyHolder(base.KeyHolder):
-    """Creates the CKKS context and secret key; publishes the public part, re-adds and decrypts one checked sum
-    per round (see securefl.he.base)."""
+    """Makes the CKKS key pair (from a seed of OS randomness); publishes the public key, re-adds the uploads and
+    decrypts one checked sum per round (see securefl.he.base and the module docstring)."""
 
     policy_of = staticmethod(policy)
 
     def _generate(self) -> None:
-        p: Params = self.policy.params
-        self._use(ts.context(ts.SCHEME_TYPE.CKKS, p.degree, coeff_mod_bit_sizes=list(p.coeff_bits), n_threads=1))
-        self._ctx.global_scale = p.scale
+        self._use(os.urandom(ci.SEED_BYTES))
 
     def _restore(self, blobs: dict[str, bytes]) -> None:
-        p: Params = self.policy.params
-        try:
-            ctx = ts.context_from(blobs["context"], 1)
-            ok = ctx.has_secret_key() and ctx.has_public_key() and ctx.global_scale == p.scale and tuple(
-                ctx.seal_context().data.key_parms_id()) == p.key_level
-        except (KeyError, *TENSEAL_ERRORS) as e:
-            raise ProtocolError(f"{self.id}: saved state: unreadable CKKS context ({e})") from None
-        if not ok:
-            raise ProtocolError(f"{self.id}: saved state: a CKKS context without its secret key or for other "
-                                "parameters")
-        self._use(ctx)
+        seed = blobs.get("seed", b"")
+        if len(seed) != ci.SEED_BYTES:
+            raise ProtocolError(f"{self.id}: saved state: a key seed of {len(seed)} bytes, expected {ci.SEED_BYTES}")
+        self._use(seed)
 
-    def _use(self, ctx: ts.Context) -> None:
-        self._ctx = ctx
-        self._io = SealIO(ctx)
-        self._decryptor = sealapi.Decryptor(self._io.seal, ctx.secret_key().data)
-        self._evaluator = sealapi.Evaluator(self._io.seal)
+    def _use(self, seed: bytes) -> None:
+        p: Params = self.policy.params
+        self._seed, self._codec = seed, ci.CoefficientCodec(p.scheme)
+        secret, self._public_blob = ci.keygen(self._codec, seed)
+        self._decrypter = ci.Decrypter(self._codec, secret)
 
     def _secret_blobs(self) -> dict[str, bytes]:
-        return {"context": self._ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
-                                               save_relin_keys=False)}
+        return {"seed": self._seed}
 
     def _public_bytes(self) -> bytes:
-        return self._ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
-                                   save_relin_keys=False)
+        return self._public_blob
 
-    def _add(self, acc: list | None, r: Reader, who: str) -> list:
-        p: Params = self.policy.params
-        cts = [self._io.load(blob, p, who) for blob in p.read_ciphertexts(r, who)]
+    def _add(self, acc: ci.Accumulator | None, section: memoryview, who: str) -> ci.Accumulator:
         if acc is None:
-            return cts
-        for a, ct in zip(acc, cts, strict=True):
-            self._evaluator.add_inplace(a, ct)
+            acc = ci.Accumulator(self._codec, self.policy.params.count)
+        acc.add(section, who)
         return acc
 
-    def _decrypt(self, acc: list, count: int, who: str) -> np.ndarray:
+    def _decrypt(self, acc: ci.Accumulator, count: int, who: str) -> np.ndarray:
         p: Params = self.policy.params
-        return release(self._io.decrypt(self._decryptor, acc, p)[: p.length], p, count, who)
+        return release(self._decrypter.decrypt(acc.result(), who)[: p.length], p, count, who)
 
 
 class Client(base.Client):
-    """Encrypts its own clipped, weight-scaled update under the key holder's public context."""
+    """Encrypts its own clipped, weight-scaled update under the key holder's public key."""
 
     policy_of = staticmethod(policy)
+    _codec: ci.CoefficientCodec | None = None
 
     def _take_key(self, public: bytes) -> None:
-        ctx = load_context(public, self.policy.params, str(self.id))
-        self._io = SealIO(ctx)
-        self._encryptor = sealapi.Encryptor(self._io.seal, ctx.public_key().data)
+        if self._codec is None:
+            self._codec = ci.CoefficientCodec(self.policy.params.scheme)
+        self._encrypter = ci.Encrypter(self._codec, ci.load_public_key(self._codec, public, f"{self.id}: key"))
 
-    def _write_ciphertexts(self, w: Writer, update: object, weight: float) -> int:
-        """[w * clip(floats), ints, w], one ciphertext per N values."""
+    def _prepare(self) -> None:
+        """Offline, with the option precompute: the encryptions of zero of this round's upload."""
+        if self.policy.params.precompute:
+            self._encrypter.precompute(self.policy.params.count)
+
+    def _ciphertexts(self, update: object, weight: float) -> tuple[np.ndarray, int]:
+        """[w * clip(floats), ints, w], N values per ciphertext, packed."""
         p: Params = self.policy.params
         codec = self.policy.codec
         flat, wn = codec.flatten(self.id.index, update, weight)
         p.fixed.check_ints(flat, codec.layout, self.id.index)
-        buf = np.zeros(p.chunks * p.per_ciphertext)
+        buf = np.zeros(p.count * p.per_ciphertext)
         floats = buf[: p.floats]
         np.clip(flat.floats, -p.fixed.clip, p.fixed.clip, out=floats)
         clipped = int(np.count_nonzero(floats != flat.floats))
         floats *= wn
         buf[p.floats : p.floats + p.ints] = flat.ints
         buf[p.length - 1] = wn
-        blobs = self._io.encrypt(self._encryptor, buf, p)
-        w.u32(len(blobs))
-        for blob in blobs:
-            w.blob(blob)
-        return clipped
+        return self._encrypter.encrypt(buf), clipped
 
 
 class CKKS(HEAggregator):
-    """CKKS (TenSEAL) aggregation: clients encrypt under the key holder's public key, the key holder sums and
+    """CKKS (SEAL) aggregation: clients encrypt under the key holder's public key, the key holder sums and
     decrypts once per round.
 
     poly_modulus_degree: force a ring degree (4096 ... 32768) instead of the smallest that fits.
+    precompute: clients make their encryptions of zero in the setup stage (offline; see the module docstring).
     min_clients and other options as securefl.he.aggregator.HEAggregator and Aggregator. Stages: "setup",
     "upload", "decrypt".
     """
@@ -145,11 +155,25 @@ class CKKS(HEAggregator):
     distributed_dp = False  # clients encrypt reals, not ring words: only the central mechanism applies
     client_class, keyholder_class = Client, KeyHolder
 
-    def __init__(self, *, poly_modulus_degree: int | None = None, **kwargs):
+    def __init__(self, *, poly_modulus_degree: int | None = None, precompute: bool = False, **kwargs):
         if poly_modulus_degree is not None and poly_modulus_degree not in DEGREES:
             raise ConfigError(f"poly_modulus_degree must be one of {DEGREES}, got {poly_modulus_degree}")
         super().__init__(**kwargs)
-        self.poly_modulus_degree = poly_modulus_degree
+        self.poly_modulus_degree, self.precompute = poly_modulus_degree, bool(precompute)
 
     def options(self) -> dict:
-        return {"poly_modulus_degree": self.poly_modulus_degree}
+        return {"poly_modulus_degree": self.poly_modulus_degree, "precompute": self.precompute}
+
+    @classmethod
+    def floor(cls, n: int, m: int, survivors: int, params: Mapping[str, Any],
+              traffic: Mapping[str, tuple[float, float]]) -> dict[str, Floor]:
+        """Clients write their uploads and the server reads what it forwards (the base model); the key holder reads
+        the uploads once and adds their coefficients: 2 x primes x N words of 64 bits per ciphertext and upload,
+        what SEAL's add_inplace adds."""
+        out = super().floor(n, m, survivors, params, traffic)
+        if "keyholder" in out:
+            words = 2 * len(params["coeff_mod_bit_sizes"]) * params["poly_modulus_degree"]
+            prg, read, _ = out["keyholder"]
+            out["keyholder"] = (prg, read + 8 * words * params["ciphertexts_per_client"] * survivors,
+                                "read the uploads once, add their coefficients")
+        return out

@@ -1,6 +1,7 @@
-"""CKKS on SEAL's API without the special prime, with ciphertexts on the wire as bit-packed RNS coefficients.
+"""CKKS on SEAL's API without the special prime, with ciphertexts on the wire as bit-packed RNS coefficients
+(the parties: securefl.he.ckks; the parameters' choice and error bound: securefl.he.ckks_params).
 
-Where a round's time went (notes/ckks-profile.md) and what this module changes against securefl.he.ckks:
+Where a round's time went (notes/ckks-profile.md) and what this module does about it:
 
 * Encryption is most of a client's time. SEAL encrypts under the public key at the key level and then
   divides by the special prime; without a special prime (key level = data level, no key switching: the
@@ -12,16 +13,19 @@ Where a round's time went (notes/ckks-profile.md) and what this module changes a
 * The wire carries each ciphertext's 2 x L x N coefficients, each packed in the bit length of its prime,
   planar order (bitpack): 43 bits at n = 10, 10.75 bytes per value against 12.0 for SEAL's zstd of 39-bit
   coefficients. Whoever adds the uploads needs no SEAL: one numba pass per upload unpacks, checks every
-  coefficient against its prime (what SEAL's load checks) and adds into uint64 sums (Accumulator), reduced
-  modulo the primes before they could overflow: what SEAL's add does, at about the cost of reading the
-  bytes. SEAL's load (zstd inflate, checks, the file bridge) was most of the aggregation's time.
-* A client still gets its coefficients through SEAL's save (TenSEAL's API writes files, always zstd,
-  no mode to choose) and inflates them with zstandard: that costs it less than today's save alone (43-bit
-  coefficients deflate faster than 39-bit ones). The key holder turns each sum back into an uncompressed
-  SEAL blob that SEAL's load validates before decrypting.
+  coefficient against its prime (what SEAL's load checks of a coefficient) and adds into uint64 sums
+  (Accumulator), reduced modulo the primes before they could overflow: what SEAL's add does, at about
+  the cost of reading the bytes.
+* A client gets its coefficients through SEAL's save (TenSEAL's API writes files, always zstd, no mode
+  to choose) and inflates them with zstandard: that costs it less than SEAL's save and load of a
+  compressed ciphertext. The key holder turns each summed ciphertext back into an uncompressed SEAL blob
+  that SEAL's load validates (parameters, NTT form, size, every coefficient reduced) before decrypting.
 * Encryptions of zero depend on the public key only: Encrypter.precompute makes them offline (before
   the update exists, e.g. during local training); online is then encode + add + export. They take the
   memory of the uncompressed upload (16 bytes per value per prime) until used.
+* The key holder's keys come from a BLAKE2xb PRNG keyed by 64 bytes from os.urandom (keygen): its saved
+  state is that seed, and its secret key never leaves memory (the file bridge carries ciphertexts and
+  public keys only).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ DEGREES = (4096, 8192, 16384, 32768)
 MAX_PRIME_BITS = 60
 NOISE_SIGMAS, NOISE_PER_DEGREE = 8, 4  # 8 standard deviations of fresh noise, sigma <= 4 N (measured 2.6 N)
 BLOCK = 256  # ciphertexts exported and packed together (bounds the client's uncompressed buffer)
+SEED_BYTES = 64  # the key holder's key seed: SEAL's Blake2xbPRNGFactory takes 8 x 64 bits
 SHM = "/dev/shm"  # memory-backed, where the OS has it: the file bridge never touches a disk
 # what TenSEAL's and SEAL's C++ exceptions become through pybind11
 SEAL_ERRORS = (ValueError, RuntimeError, TypeError, IndexError, OverflowError, MemoryError)
@@ -149,9 +154,9 @@ class CoefficientCodec:
         self.shape = (2, len(self.primes), scheme.degree)
         self._bits = [int(q).bit_length() for q in self.primes]
         self._row_bytes = [8 * bitpack.words(b, scheme.degree) for b in self._bits]
-        self._bridge = FileBridge()
+        self.bridge = FileBridge()
         self._inflate = zstandard.ZstdDecompressor()
-        self._version = read_header(self._bridge.save(sealapi.Ciphertext(self.context)), "codec")[0]
+        self._version = read_header(self.bridge.save(sealapi.Ciphertext(self.context)), "codec")[0]
 
     @property
     def ciphertext_bytes(self) -> int:
@@ -164,7 +169,7 @@ class CoefficientCodec:
 
     def export(self, ct: sealapi.Ciphertext) -> np.ndarray:
         """A ciphertext of this scheme (two polynomials in NTT form at the data level) as (2, L, N) coefficients."""
-        blob = self._bridge.save(ct)
+        blob = self.bridge.save(ct)
         _, mode = read_header(blob, "export")
         if mode == COMPR_ZSTD:
             body = self._inflate.decompress(blob[HEADER.size :], max_output_size=self._body_bytes)
@@ -179,23 +184,30 @@ class CoefficientCodec:
         return np.frombuffer(body, "<u8", math.prod(self.shape), META.size + HEADER.size + COUNT.size).reshape(
             self.shape)
 
-    def to_bytes(self, coeffs: np.ndarray) -> bytes:
-        """(k, 2, L, N) coefficients -> k packed ciphertexts (for each: polynomial, prime, coefficient order)."""
+    @property
+    def ciphertext_words(self) -> int:
+        return self.ciphertext_bytes // 8
+
+    def pack(self, coeffs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(k, 2, L, N) coefficients -> (k, ciphertext_words) uint64, for each ciphertext: polynomial, prime,
+        coefficient order (into `out` when given)."""
         k = coeffs.shape[0]
-        if k == 0:
-            return b""
-        parts = [bitpack.pack_planar(coeffs[:, :, j, :].reshape(2 * k, -1), b).reshape(k, 2, -1)
-                 for j, b in enumerate(self._bits)]
-        packed = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
-        return packed.astype("<u8", copy=False).tobytes()
+        out = np.empty((k, self.ciphertext_words), np.uint64) if out is None else out
+        rows, start = out.reshape(k, 2, self.ciphertext_words // 2), 0
+        for j, (b, rb) in enumerate(zip(self._bits, self._row_bytes, strict=True)):
+            if k:  # (k, 2) rows merge into 2k rows of a view: packed in place
+                bitpack.pack_planar(coeffs[:, :, j, :].reshape(2 * k, -1), b,
+                                    rows[:, :, start : start + rb // 8].reshape(2 * k, -1))
+            start += rb // 8
+        return out
 
     def add_into(self, raw: bytes | memoryview, acc: np.ndarray, who: str) -> None:
         """Add the packed ciphertexts in raw to acc (k, 2, L, N) in one pass (numba); ProtocolError, with acc left as
         it was, on a wrong length or a coefficient >= its prime (what SEAL's load checks; the parameters
         themselves are the round's, not the sender's)."""
-        count = acc.shape[0]
-        if len(raw) != count * self.ciphertext_bytes:
-            raise ProtocolError(f"{who}: {len(raw)} bytes do not hold {count} ciphertexts")
+        count, size = acc.shape[0], memoryview(raw).nbytes
+        if size != count * self.ciphertext_bytes:
+            raise ProtocolError(f"{who}: {size} bytes do not hold {count} ciphertexts")
         if count == 0:
             return
         words = np.frombuffer(raw, "<u8").reshape(count, 2, -1)
@@ -210,7 +222,7 @@ class CoefficientCodec:
             raise ProtocolError(f"{who}: a coefficient is not reduced modulo its prime")
 
     def from_bytes(self, raw: bytes | memoryview, count: int, who: str) -> np.ndarray:
-        """Inverse of to_bytes for `count` ciphertexts, checked as add_into checks."""
+        """Inverse of pack for `count` ciphertexts, checked as add_into checks."""
         out = np.zeros((count, *self.shape), np.uint64)
         self.add_into(raw, out, who)
         return out
@@ -222,13 +234,14 @@ class CoefficientCodec:
                             + len(data)) + COUNT.pack(coeffs.size) + data
         body = META.pack(*self.parms_id, 1, 2, self.scheme.degree, len(self.primes), self.scheme.scale, 1) + inner
         ct = sealapi.Ciphertext()
-        self._bridge.load(ct, self.context, HEADER.pack(SEAL_MAGIC, HEADER.size, *self._version, COMPR_NONE, 0,
+        self.bridge.load(ct, self.context, HEADER.pack(SEAL_MAGIC, HEADER.size, *self._version, COMPR_NONE, 0,
                                                         HEADER.size + len(body)) + body, who)
         return ct
 
 
 class Accumulator:
-    """The server's sum of packed uploads: uint64 adds, reduced modulo each prime before they could overflow."""
+    """A sum of packed uploads (the key holder's): uint64 adds, reduced modulo each prime before they could
+    overflow."""
 
     def __init__(self, codec: CoefficientCodec, chunks: int):
         self._codec, self._primes = codec, codec.primes[None, None, :, None]
@@ -245,24 +258,38 @@ class Accumulator:
         self._terms += 1
 
     def result(self) -> np.ndarray:
-        """The sum, every coefficient reduced modulo its prime: the coefficients of the sum ciphertexts."""
-        return np.remainder(self._acc, self._primes)
+        """The sum, every coefficient reduced modulo its prime: the coefficients of the sum ciphertexts (reduced in
+        place, a view of the accumulator)."""
+        np.remainder(self._acc, self._primes, out=self._acc)
+        self._terms = 1
+        return self._acc
 
 
-def keygen(codec: CoefficientCodec) -> tuple[sealapi.SecretKey, bytes]:
-    """The key holder's secret key and its public key in SEAL's serialization (no relinearization or Galois keys:
-    without a special prime SEAL makes none)."""
-    gen = sealapi.KeyGenerator(codec.context)
+def keygen(codec: CoefficientCodec, seed: bytes) -> tuple[sealapi.SecretKey, bytes]:
+    """The key holder's secret key and its public key in SEAL's serialization, both from SEAL's BLAKE2xb PRNG
+    keyed by `seed` (64 bytes from os.urandom; the same seed gives the same keys). No relinearization or
+    Galois keys: without a special prime SEAL makes none."""
+    if len(seed) != SEED_BYTES:
+        raise ConfigError(f"a CKKS key seed is {SEED_BYTES} bytes, got {len(seed)}")
+    parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(codec.scheme.degree)
+    parms.set_coeff_modulus(codec.context.key_context_data().parms().coeff_modulus())
+    parms.set_random_generator(sealapi.Blake2xbPRNGFactory(list(struct.unpack("<8Q", seed))))
+    gen = sealapi.KeyGenerator(sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128))
     public = sealapi.PublicKey()
     gen.create_public_key(public)
-    return gen.secret_key(), FileBridge().save(public)
+    secret = gen.secret_key()
+    if tuple(secret.parms_id()) != tuple(codec.context.key_parms_id()):
+        raise ConfigError("keys made for other parameters than the scheme's")
+    return secret, codec.bridge.save(public)
 
 
 def load_public_key(codec: CoefficientCodec, blob: bytes, who: str) -> sealapi.PublicKey:
-    """A client's or the server's check of the key holder's public key: SEAL's load, at this scheme's key level."""
+    """A client's check of the key holder's public key: SEAL's load (which validates it), at this scheme's key
+    level."""
     read_header(blob, who)
     public = sealapi.PublicKey()
-    FileBridge().load(public, codec.context, blob, who)
+    codec.bridge.load(public, codec.context, blob, who)
     if tuple(public.parms_id()) != tuple(codec.context.key_parms_id()):
         raise ProtocolError(f"{who}: public key not of this round's parameters")
     return public
@@ -285,14 +312,15 @@ class Encrypter:
             self._encryptor.encrypt_zero(ct)
             self._zeros.append(ct)
 
-    def encrypt(self, values: np.ndarray) -> bytes:
-        """Packed ciphertexts of `values` (float64, a whole number of N reals): value 2j in slot j's real part,
-        2j + 1 in its imaginary part. Uses precomputed encryptions of zero while there are enough."""
+    def encrypt(self, values: np.ndarray) -> np.ndarray:
+        """(k, ciphertext_words) packed ciphertexts of `values` (float64, k N reals): value 2j in slot j's real
+        part, 2j + 1 in its imaginary part. Uses precomputed encryptions of zero while there are enough."""
         codec, scheme = self._codec, self._codec.scheme
         rows = values.view(np.complex128).reshape(-1, scheme.degree // 2)
         use_zeros = len(self._zeros) >= len(rows)
         pt, fresh = sealapi.Plaintext(), sealapi.Ciphertext()
-        parts, block = [], np.empty((min(BLOCK, len(rows)), *codec.shape), np.uint64)
+        out = np.empty((len(rows), codec.ciphertext_words), np.uint64)
+        block = np.empty((min(BLOCK, len(rows)), *codec.shape), np.uint64)
         for i, z in enumerate(rows):
             self._encoder.encode(z.tolist(), scheme.scale, pt)  # a list: pybind11 converts it faster than an array
             if use_zeros:
@@ -304,8 +332,8 @@ class Encrypter:
                 self._encryptor.encrypt(pt, ct)
             block[i % BLOCK] = codec.export(ct)
             if i % BLOCK == BLOCK - 1 or i == len(rows) - 1:
-                parts.append(codec.to_bytes(block[: i % BLOCK + 1]))
-        return b"".join(parts)
+                codec.pack(block[: i % BLOCK + 1], out[i - i % BLOCK : i + 1])
+        return out
 
 
 class Decrypter:

@@ -1,210 +1,166 @@
-"""Packed Paillier aggregation with phe (+gmpy2): exact integer sums, many values per ciphertext.
+"""Packed Paillier aggregation: exact integer sums of fixed-point updates, many ring values per ciphertext.
 
-Packing after BatchCrypt (Zhang et al., USENIX ATC 2020): each client encodes its update with the
-codec's FixedPoint ([w * clip(floats), ints, w], stochastically rounded to 2^-frac_bits, see
-securefl.codec), adds a public offset B to every value so that all are in [0, 2B] (B bounds one
-client's |value|: clip * 2^frac_bits plus its distributed-DP noise bound, int_bound or the weight's
-2^frac_bits, plus one), and packs
-values into slots of b = bit_length(n * 2B) bits, k = (key_bits - 1) // b slots per plaintext. The
-sum of n clients' slots is at most n * 2B < 2^b, so no slot carries into the next, and the packed
-sum stays below 2^(key_bits - 1) <= the Paillier modulus: the homomorphic sum of the ciphertexts is
-the exact packed sum of every slot at once. The key holder (which re-adds the signed uploads and
-decrypts one sum per round, see securefl.he.base) removes count * B per slot and releases the
-codec's ring vector: the result is exact against the float64 reference within the codec's
-rounding bound. The server (securefl.he.server) holds no key; it checks each upload's count and
-length only.
+Packing (securefl.he.paillier_slots): each client encodes its update with the codec's FixedPoint
+([w * clip(floats), ints, w], stochastically rounded to 2^-frac_bits, plus its distributed-DP noise,
+see securefl.encoding) and packs the signed ring values into slots of b bits, k = (key_bits - 1) // b
+per plaintext. The slot width comes from the bound on the *sum* of the n clients' values in a slot
+(n * clip * 2^frac_bits plus the bound on the sum of their DP noise, the weight slot, the integers),
+so no slot carries into the next and the homomorphic sum of the ciphertexts is the exact sum of every
+slot at once. At the defaults (n = 100, clip 8, frac_bits 16) slots are 27 bits, 75 per 2048-bit
+plaintext. The key holder (which re-adds the signed uploads and decrypts one sum per round, see
+securefl.he.base) range-checks the slot sums against count clients' bounds and releases the codec's
+ring vector: exact against the float64 reference within the codec's rounding bound. The server
+(securefl.he.server) checks each upload's count and length only.
 
-Encryption uses phe: raw_encrypt(m, r_value=1) gives (1 + m * N) mod N^2, which is multiplied
-(phe's homomorphic addition) by an encryption of zero, r^N mod N^2 from phe's raw_encrypt(0). Those
-cost one 2048-bit exponentiation each and do not depend on the update, so each client precomputes
-one per plaintext offline, in the setup stage (after it gets the public key), and each is used
-once; online encryption is then one multiplication per plaintext. The precomputed values are part
-of the client's saved state between setup and upload (restored, not recomputed), and gone once used.
+Arithmetic (securefl.he.paillier_math) is on gmpy2 integers: phe makes the key pair and stays the
+reference in the tests. Encryption is Enc(m) = (1 + m N) z mod N^2 with z an encryption of zero made
+offline, in the setup stage, one per plaintext and each used once (they are part of the client's saved
+state between setup and upload, restored rather than recomputed); online encryption is one
+multiplication per plaintext. The key holder checks every ciphertext is a unit of Z_(N^2) (one gcd per
+upload), multiplies them into the sum and decrypts by CRT.
 
-Keys: 2048-bit modulus by default (about 112-bit security per NIST SP 800-57), 3072 (128-bit) or
-4096 as the option key_bits; the key pair comes from phe.generate_paillier_keypair (system
-randomness). The key holder's saved state holds its primes p and q. Encryption, addition and
-decryption are the small functions below (precompute, encrypt, add, decrypt), so faster arithmetic
-can replace them one by one.
+Randomness (option `randomness`):
+
+* "djn" (default): short-exponent randomness after Damgard, Jurik and Nielsen: the key holder publishes
+  hs = h^N mod N^2 (h = -x^2 mod N) with N in its signed public key; a client checks hs, keeps a
+  fixed-base table of hs for as long as the key lives and makes z = hs^r with r of 2 lambda bits (224 for
+  a 2048-bit key) from os.urandom: 27 multiplications instead of a 2048-bit exponentiation, about 50x
+  cheaper. It rests on an assumption beyond DCR, written out in securefl.he.paillier_math: that h^r for
+  such short r is indistinguishable from a uniform element of <h>. Clients refuse a malformed hs
+  (check_djn_base) but cannot detect one of small order without a proof: a key holder publishing such
+  an hs would let the server read uploads without asking it, which is no more than the key holder and
+  the server learn together in any case (the threat model's line).
+* "plain": z = r^N mod N^2 with r uniform in [1, N): DCR alone, as phe encrypts.
+
+Keys: 2048-bit modulus by default (about 112-bit security per NIST SP 800-57), 3072 (128-bit) or 4096
+(option key_bits). The key holder's saved state holds p, q and hs.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from phe import paillier
-from phe.util import mulmod
 
 from securefl.codec import FixedPoint
 from securefl.dp.accounting import Accountant
+from securefl.dp.mechanisms import Mechanism
 from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
 from securefl.he import base
+from securefl.he import paillier_math as pm
+from securefl.he import paillier_slots as ps
 from securefl.he.aggregator import HEAggregator
 from securefl.session import RoundConfig
-from securefl.wire import PARTY_HEADER_SIZE, Kind, Reader, Writer
+from securefl.wire import Kind
 
 SCHEME = "paillier"
 KINDS = base.Kinds(Kind.PAILLIER_OPEN, Kind.PAILLIER_KEY, Kind.PAILLIER_SETUP, Kind.PAILLIER_READY,
                    Kind.PAILLIER_REQUEST, Kind.PAILLIER_UPLOAD, Kind.PAILLIER_AGGREGATE, Kind.PAILLIER_RESULT)
 KEY_BITS = (2048, 3072, 4096)
+RANDOMNESS = ("djn", "plain")
 
 
 @dataclass(frozen=True)
 class Packing:
-    """Public packing parameters of one round: slot width, slots per plaintext, offset."""
+    """Public packing parameters of one round: slot width and count, the layout, the bounds on the sums."""
 
     key_bits: int
     slot_bits: int
     per_plaintext: int
-    offset: int
-    length: int
+    floats: int
+    ints: int
     n_clients: int
     fixed: FixedPoint
+    client_variance: int = 0  # distributed DP: each client's noise variance in ring units^2
+    randomness: str = RANDOMNESS[0]
 
     @classmethod
-    def choose(cls, n_clients: int, fixed: FixedPoint, length: int, key_bits: int, client_noise: float = 0.0
-               ) -> Packing:
-        """Slots wide enough for the sum of n_clients offset values; as many per plaintext as fit.
-
-        client_noise: the largest |noise| (ring units) one client adds to a value with distributed DP (the
-        mechanism's ring_headroom for one client): the offset covers it, as the ring's headroom does for the sum.
-        """
-        noise = math.ceil(client_noise)
-        offset = max(math.floor(fixed.clip * fixed.scale) + noise, fixed.int_bound, math.floor(fixed.scale)) + 1
-        slot_bits = (n_clients * 2 * offset).bit_length()
-        per = (key_bits - 1) // slot_bits
-        if per < 1 or slot_bits > 62:
-            raise ConfigError(f"a {slot_bits}-bit slot does not fit a {key_bits}-bit Paillier plaintext")
-        return cls(key_bits, slot_bits, per, offset, length, n_clients, fixed)
+    def choose(cls, n_clients: int, fixed: FixedPoint, floats: int, ints: int, key_bits: int,
+               client_variance: int = 0, randomness: str = RANDOMNESS[0]) -> Packing:
+        """Slots wide enough for the sum of n_clients ring vectors (with their DP noise); as many as fit."""
+        if key_bits not in KEY_BITS:
+            raise ConfigError(f"key_bits must be one of {KEY_BITS}, got {key_bits}")
+        if randomness not in RANDOMNESS:
+            raise ConfigError(f"randomness must be one of {RANDOMNESS}, got {randomness!r}")
+        bits = ps.slot_bits(_sum_bound(n_clients, fixed, client_variance, ints))
+        return cls(key_bits, bits, ps.slots_per_plaintext(key_bits, bits), floats, ints, n_clients, fixed,
+                   client_variance, randomness)
 
     @property
-    def plaintexts(self) -> int:
+    def length(self) -> int:
+        """Ring values per client: floats, ints and the weight slot."""
+        return self.floats + self.ints + 1
+
+    @property
+    def count(self) -> int:
         """Ciphertexts per client."""
         return -(-self.length // self.per_plaintext)
 
     @property
-    def packed_bits(self) -> int:
-        return self.per_plaintext * self.slot_bits
-
-    @property
-    def cipher_bytes(self) -> int:
+    def ciphertext_bytes(self) -> int:
         return 2 * self.key_bits // 8
 
     @property
-    def plain_bytes(self) -> int:
-        return -(-self.packed_bits // 8)
+    def public_bytes(self) -> int:
+        """The key holder's public key: N, then hs."""
+        return 3 * self.key_bits // 8
 
-    def pack(self, values: np.ndarray) -> list[int]:
-        """Pack `length` slot values (each < 2^slot_bits) into plaintext integers, slot 0 lowest."""
-        b, rows = self.slot_bits, self.plaintexts
-        padded = np.zeros(rows * self.per_plaintext, np.uint64)
-        padded[: values.size] = values
-        bits = np.empty((padded.size, b), np.uint8)
-        for j in range(b):
-            bits[:, j] = (padded >> np.uint64(j)) & np.uint64(1)
-        packed = np.packbits(bits.reshape(rows, self.packed_bits), axis=1, bitorder="little")
-        return [int.from_bytes(row.tobytes(), "little") for row in packed]
+    def sum_bound(self, count: int) -> int:
+        """The largest |slot sum| of `count` honest clients (ps.sum_bound with their noise)."""
+        return _sum_bound(count, self.fixed, self.client_variance, self.ints)
 
-    def unpack(self, plaintexts: Sequence[int]) -> np.ndarray:
-        """Inverse of pack: the first `length` slot values (uint64) of the plaintexts."""
-        raw = b"".join(p.to_bytes(self.plain_bytes, "little") for p in plaintexts)
-        rows = np.frombuffer(raw, np.uint8).reshape(len(plaintexts), self.plain_bytes)
-        bits = np.unpackbits(rows, axis=1, bitorder="little")[:, : self.packed_bits].reshape(-1, self.slot_bits)
-        out = np.zeros(bits.shape[0], np.uint64)
-        for j in range(self.slot_bits):
-            out |= bits[:, j].astype(np.uint64) << np.uint64(j)
-        return out[: self.length]
-
-    def offset_slots(self, ring: np.ndarray, who: str) -> np.ndarray:
-        """A client's ring vector (two's complement) as slot values in [0, 2 * offset]; a value outside
-        (noise beyond its bound: probability below 1e-80) raises rather than wraps into a neighbour slot."""
-        slots = ring.view(self.fixed.signed).astype(np.int64) + self.offset
-        if slots.size and (slots.min() < 0 or slots.max() > 2 * self.offset):
-            raise ProtocolError(f"{who}: an encoded value falls outside the packing offset {self.offset}")
-        return slots.astype(np.uint64)
-
-    @property
-    def max_upload_bytes(self) -> int:
-        """Size of one client's signed upload."""
-        return PARTY_HEADER_SIZE + base.DIGEST_BYTES + 4 + self.plaintexts * self.cipher_bytes + base.UPLOAD_TRAILER
-
-    def read_ciphertexts(self, r: Reader, who: str) -> bytes:
-        """An upload's ciphertexts (a count, then fixed-width integers) to the message's end, unparsed."""
-        if r.u32() != self.plaintexts:
-            raise ProtocolError(f"{who}: wrong number of ciphertexts")
-        raw = r.raw(self.plaintexts * self.cipher_bytes)
-        r.end()
-        return raw
+    def check_sums(self, sums: np.ndarray, count: int, who: str) -> None:
+        """ProtocolError unless the slot sums are within what `count` honest clients can reach, part by part."""
+        f, v = self.fixed, self.client_variance
+        noise = Mechanism.noise_bound(v, count) if v else 0.0
+        floats, ints, weight = sums[: self.floats], sums[self.floats : self.length - 1], sums[self.length - 1]
+        if ((floats.size and np.abs(floats).max() > count * np.ceil(f.clip * f.scale) + noise)
+                or (ints.size and np.abs(ints).max() > count * f.int_bound) or not 0 <= weight <= count * f.scale):
+            raise ProtocolError(f"{who}: slot sums out of range for {count} clients (not a sum of valid uploads)")
 
     def describe(self) -> dict:
         return {
             "key_bits": self.key_bits,
             "slot_bits": self.slot_bits,
             "slots_per_ciphertext": self.per_plaintext,
-            "ciphertexts_per_client": self.plaintexts,
-            "offset": self.offset,
+            "ciphertexts_per_client": self.count,
+            "sum_bound": self.sum_bound(self.n_clients),
+            "randomness": self.randomness,
             "ring_bits": self.fixed.ring_bits,
         }
 
 
-def to_bytes(values: Sequence[int], width: int) -> bytes:
-    """Fixed-width big-endian concatenation."""
-    return b"".join(v.to_bytes(width, "big") for v in values)
+def _sum_bound(count: int, fixed: FixedPoint, client_variance: int, ints: int) -> int:
+    noise = Mechanism.noise_bound(client_variance, count) if client_variance else 0.0
+    return ps.sum_bound(count, fixed.clip, fixed.frac_bits, fixed.int_bound if ints else 0, noise)
 
 
-def ciphertexts(raw: bytes, count: int, public_key: paillier.PaillierPublicKey, who: str) -> list[int]:
-    """Parse `count` fixed-width ciphertexts; each must be a unit modulo N^2."""
-    width = len(raw) // count
-    out = [int.from_bytes(raw[j * width : (j + 1) * width], "big") for j in range(count)]
-    for c in out:
-        if not 0 < c < public_key.nsquare or math.gcd(c, public_key.n) != 1:
-            raise ProtocolError(f"{who}: ciphertext outside Z*_(N^2)")
-    return out
+def public_bytes(public: pm.PublicKey, key_bits: int) -> bytes:
+    """The public key as it travels: N (key_bits / 8 bytes), hs (key_bits / 4), big-endian."""
+    return int(public.n).to_bytes(key_bits // 8, "big") + int(public.hs).to_bytes(key_bits // 4, "big")
 
 
-def load_public_key(public: bytes, key_bits: int, who: str) -> paillier.PaillierPublicKey:
-    """The key holder's public key N (g = N + 1), checked: an odd key_bits-bit modulus."""
-    n = int.from_bytes(public, "big")
-    if len(public) != key_bits // 8 or n.bit_length() != key_bits or n % 2 == 0:
+def load_public_key(raw: bytes, key_bits: int, who: str) -> pm.PublicKey:
+    """The key holder's public key, checked: an odd key_bits-bit N and a DJN base hs that is a unit mod N^2."""
+    width = key_bits // 8
+    n, hs = int.from_bytes(raw[:width], "big"), int.from_bytes(raw[width:], "big")
+    if len(raw) != 3 * width or n.bit_length() != key_bits or n % 2 == 0:
         raise ProtocolError(f"{who}: Paillier modulus is not an odd {key_bits}-bit number")
-    return paillier.PaillierPublicKey(n)
-
-
-def precompute(public_key: paillier.PaillierPublicKey, count: int) -> list[int]:
-    """`count` fresh encryptions of zero, r^N mod N^2 (phe's raw_encrypt(0): system randomness), one per plaintext."""
-    return [public_key.raw_encrypt(0) for _ in range(count)]
-
-
-def encrypt(public_key: paillier.PaillierPublicKey, plains: Sequence[int], zeros: Sequence[int]) -> list[int]:
-    """(1 + m N) r^N mod N^2 for each plaintext m, with a precomputed r^N: one multiplication each."""
-    n, nsquare = public_key.n, public_key.nsquare
-    return [mulmod(n * m + 1, z, nsquare) for m, z in zip(plains, zeros, strict=True)]
-
-
-def add(acc: list[int] | None, cts: list[int], public_key: paillier.PaillierPublicKey) -> list[int]:
-    """Homomorphic addition, element-wise (the first upload starts the sum)."""
-    return cts if acc is None else [mulmod(a, c, public_key.nsquare) for a, c in zip(acc, cts, strict=True)]
-
-
-def decrypt(private_key: paillier.PaillierPrivateKey, cts: Sequence[int]) -> list[int]:
-    """The plaintexts (phe's raw_decrypt, CRT)."""
-    return [private_key.raw_decrypt(c) for c in cts]
+    public = pm.PublicKey.of(n, hs)
+    pm.check_djn_base(public, who)
+    return public
 
 
 def choose(config: RoundConfig, codec: RoundCodec) -> Packing:
-    """The packing of `config` (option key_bits), with room for one client's distributed DP noise."""
-    unknown = set(config.options) - {"key_bits"}
+    """The packing of `config` (options key_bits, randomness), with room for the clients' distributed DP noise."""
+    unknown = set(config.options) - {"key_bits", "randomness"}
     if unknown:
-        raise ConfigError(f"paillier: unknown options {sorted(unknown)} (it takes key_bits)")
-    key_bits = config.options.get("key_bits", KEY_BITS[0])
-    if key_bits not in KEY_BITS:
-        raise ConfigError(f"key_bits must be one of {KEY_BITS}, got {key_bits}")
-    noise = codec.dp.ring_headroom(codec.fixed.frac_bits, 1, codec.min_survivors) if codec.client_variance else 0.0
-    return Packing.choose(config.n, codec.fixed, codec.length, key_bits, noise)
+        raise ConfigError(f"paillier: unknown options {sorted(unknown)} (it takes key_bits, randomness)")
+    return Packing.choose(config.n, codec.fixed, codec.layout.float_size, codec.layout.int_size,
+                          config.options.get("key_bits", KEY_BITS[0]), codec.client_variance,
+                          config.options.get("randomness", RANDOMNESS[0]))
 
 
 def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Policy:
@@ -213,44 +169,52 @@ def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Po
 
 
 class KeyHolder(base.KeyHolder):
-    """Generates the Paillier key pair; publishes the public key, re-adds and decrypts one checked sum per round
-    (see securefl.he.base)."""
+    """Generates the Paillier key pair and the DJN base; publishes N and hs, re-adds the uploads (gmpy2) and
+    decrypts one checked sum per round by CRT (see securefl.he.base)."""
 
     policy_of = staticmethod(policy)
 
     def _generate(self) -> None:
-        self._public_key, self._private = paillier.generate_paillier_keypair(n_length=self.policy.params.key_bits)
+        _, private = paillier.generate_paillier_keypair(n_length=self.policy.params.key_bits)
+        self._use(private, pm.djn_base(private))
+
+    def _use(self, private: paillier.PaillierPrivateKey, hs: int) -> None:
+        self._private = private
+        self._public_key = pm.PublicKey.of(private.public_key.n, hs)
+        self._decryptor = pm.Decryptor(private)
 
     def _restore(self, blobs: dict[str, bytes]) -> None:
         bits = self.policy.params.key_bits
-        p, q = (int.from_bytes(blobs.get(k, b""), "big") for k in ("p", "q"))
+        p, q, hs = (int.from_bytes(blobs.get(k, b""), "big") for k in ("p", "q", "hs"))
         if p == q or p < 3 or q < 3 or (p * q).bit_length() != bits:
             raise ProtocolError(f"{self.id}: saved state: not the primes of a {bits}-bit Paillier key")
-        self._public_key = paillier.PaillierPublicKey(p * q)
-        self._private = paillier.PaillierPrivateKey(self._public_key, p, q)
+        private = paillier.PaillierPrivateKey(paillier.PaillierPublicKey(p * q), p, q)
+        self._use(private, hs)
+        pm.check_djn_base(self._public_key, f"{self.id}: saved state")
+        if self._decryptor.decrypt([hs]) != [0]:
+            raise ProtocolError(f"{self.id}: saved state: hs is not an encryption of zero under this key")
 
     def _secret_blobs(self) -> dict[str, bytes]:
         width = self.policy.params.key_bits // 8
-        return {"p": self._private.p.to_bytes(width, "big"), "q": self._private.q.to_bytes(width, "big")}
+        return {"p": self._private.p.to_bytes(width, "big"), "q": self._private.q.to_bytes(width, "big"),
+                "hs": int(self._public_key.hs).to_bytes(2 * width, "big")}
 
     def _public_bytes(self) -> bytes:
-        return self._public_key.n.to_bytes(self.policy.params.key_bits // 8, "big")
+        return public_bytes(self._public_key, self.policy.params.key_bits)
 
-    def _add(self, acc: list[int] | None, r: Reader, who: str) -> list[int]:
-        packing: Packing = self.policy.params
-        cts = ciphertexts(packing.read_ciphertexts(r, who), packing.plaintexts, self._public_key, who)
-        return add(acc, cts, self._public_key)
+    def _add(self, acc: list | None, section: memoryview, who: str) -> list:
+        cts = pm.from_bytes(section, self.policy.params.count, self._public_key, who)
+        if acc is None:
+            return cts
+        pm.add_into(acc, cts, self._public_key)
+        return acc
 
-    def _decrypt(self, acc: list[int], count: int, who: str) -> np.ndarray:
-        """Decrypt, unpack, remove the offsets: the ring vector of the sum of `count` uploads."""
+    def _decrypt(self, acc: list, count: int, who: str) -> np.ndarray:
+        """Decrypt, unpack, range-check: the ring vector of the sum of `count` uploads."""
         packing: Packing = self.policy.params
-        plains = decrypt(self._private, acc)
-        if any(p >> packing.packed_bits for p in plains):
-            raise ProtocolError(f"{who}: decrypts beyond the packed slots (not a sum of valid uploads)")
-        slots = packing.unpack(plains)
-        if slots.max() > count * 2 * packing.offset:
-            raise ProtocolError(f"{who}: slot sums out of range for {count} clients")
-        sums = slots.astype(np.int64) - count * packing.offset
+        plains = self._decryptor.decrypt(acc)
+        sums = ps.unpack(plains, packing.slot_bits, packing.per_plaintext, packing.length, self._public_key.n, who)
+        packing.check_sums(sums, count, who)
         return sums.astype(packing.fixed.signed).view(packing.fixed.dtype)
 
 
@@ -258,52 +222,59 @@ class Client(base.Client):
     """Encodes, packs and encrypts its own update under the key holder's public key."""
 
     policy_of = staticmethod(policy)
+    _loaded: bytes | None = None  # the public key its randomness was built for
 
     def _take_key(self, public: bytes) -> None:
-        self._public_key = load_public_key(public, self.policy.params.key_bits, str(self.id))
-        self._zeros: list[int] = []
+        packing: Packing = self.policy.params
+        self._zeros: list = []
+        if public == self._loaded:  # the same key as before: keep its fixed-base table
+            return
+        self._public_key = load_public_key(public, packing.key_bits, str(self.id))
+        self._randomness = (pm.FixedBaseRandomness(self._public_key) if packing.randomness == "djn"
+                            else pm.PlainRandomness(self._public_key))
+        self._loaded = public
 
     def _prepare(self) -> None:
         """Offline: one encryption of zero per plaintext, each used once."""
-        self._zeros = precompute(self._public_key, self.policy.params.plaintexts)
+        self._zeros = self._randomness.zeros(self.policy.params.count)
 
     def _round_blobs(self) -> dict[str, bytes]:
-        return {"zeros": to_bytes(self._zeros, self.policy.params.cipher_bytes)}
+        return {"zeros": pm.to_bytes(self._zeros, self._public_key.cipher_bytes)}
 
     def _restore_round(self, blobs: dict[str, bytes]) -> None:
-        packing: Packing = self.policy.params
-        raw = blobs.get("zeros", b"")
-        if len(raw) != packing.plaintexts * packing.cipher_bytes:
-            raise ProtocolError(f"{self.id}: saved state: {len(raw)} bytes of precomputed randomness, expected "
-                                f"{packing.plaintexts * packing.cipher_bytes}")
-        self._zeros = ciphertexts(raw, packing.plaintexts, self._public_key, f"{self.id}: saved state")
+        self._zeros = pm.from_bytes(blobs.get("zeros", b""), self.policy.params.count, self._public_key,
+                                    f"{self.id}: saved state")
 
-    def _write_ciphertexts(self, w: Writer, update: object, weight: float) -> int:
-        """The packed ciphertexts. Uses up the precomputed randomness."""
+    def _ciphertexts(self, update: object, weight: float) -> tuple[bytes, int]:
+        """The packed ciphertexts; uses up the precomputed encryptions of zero."""
         packing: Packing = self.policy.params
         ring, clipped = self.policy.codec.encode(self.id.index, update, weight)
-        plains = packing.pack(packing.offset_slots(ring, str(self.id)))
-        cts, self._zeros = encrypt(self._public_key, plains, self._zeros), []
-        w.u32(packing.plaintexts).raw(to_bytes(cts, packing.cipher_bytes))
-        return clipped
+        values = ring.view(packing.fixed.signed).astype(np.int64)
+        plains = ps.pack(values, packing.slot_bits, packing.per_plaintext, self._public_key.n)
+        cts, self._zeros = pm.encrypt(self._public_key, plains, self._zeros), []
+        return pm.to_bytes(cts, self._public_key.cipher_bytes), clipped
 
 
 class Paillier(HEAggregator):
-    """Packed Paillier (phe) aggregation: exact integer sums of fixed-point updates under one key pair.
+    """Packed Paillier aggregation (gmpy2 arithmetic, phe keys): exact integer sums of fixed-point updates.
 
-    key_bits: Paillier modulus size, 2048 (default), 3072 or 4096. min_clients and other options as
-    securefl.he.aggregator.HEAggregator and Aggregator. Stages: "setup" (includes the clients' offline
-    precomputation), "upload", "decrypt".
+    key_bits: Paillier modulus size, 2048 (default), 3072 or 4096. randomness: "djn" (default; short-exponent
+    encryptions of zero from the key holder's published base, see the module docstring for the assumption it
+    adds) or "plain" (r^N, DCR only, about 50x more offline work per ciphertext). min_clients and other
+    options as securefl.he.aggregator.HEAggregator and Aggregator. Stages: "setup" (includes the clients'
+    offline encryptions of zero), "upload", "decrypt".
     """
 
     scheme = SCHEME
     client_class, keyholder_class = Client, KeyHolder
 
-    def __init__(self, *, key_bits: int = 2048, **kwargs):
+    def __init__(self, *, key_bits: int = 2048, randomness: str = RANDOMNESS[0], **kwargs):
         if key_bits not in KEY_BITS:
             raise ConfigError(f"key_bits must be one of {KEY_BITS}, got {key_bits}")
+        if randomness not in RANDOMNESS:
+            raise ConfigError(f"randomness must be one of {RANDOMNESS}, got {randomness!r}")
         super().__init__(**kwargs)
-        self.key_bits = key_bits
+        self.key_bits, self.randomness = key_bits, randomness
 
     def options(self) -> dict:
-        return {"key_bits": self.key_bits}
+        return {"key_bits": self.key_bits, "randomness": self.randomness}

@@ -8,7 +8,8 @@ Stages (`Server.stage`; the client stages are what `dropped` names):
   with DropoutError.
 * "upload" (the input stage): REQUEST to every ready client, which calls `update()` and answers
   UPLOAD. The server checks each upload's header, its client's signature over the stated digest, the
-  key it is encrypted under and the ciphertexts' shape (it does not hash them: the key holder does);
+  key it is encrypted under and the ciphertexts' count and length (it neither parses nor hashes them:
+  the key holder does);
   an upload that fails a check is left out and named in the round's `rejected`. Fewer than
   min_clients accepted uploads end the round with DropoutError.
 * "decrypt": AGGREGATE to the key holder with the accepted signed uploads; its RESULT (the sum's ring
@@ -23,7 +24,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from securefl.errors import AggregatorError, DropoutError, ProtocolError
-from securefl.he.base import SIGNATURE_BYTES, Policy, digest, open_upload, read_key, result_digest, write_key
+from securefl.he.base import (
+    SIGNATURE_BYTES,
+    Policy,
+    digest,
+    open_upload,
+    read_key,
+    result_digest,
+    write_key,
+    write_uploads,
+)
 from securefl.protocol import Coordinator, Totals
 from securefl.wire import KEYHOLDER, SERVER, Channel, PartyId, Role
 
@@ -122,19 +132,17 @@ class Server(Coordinator):
         pol = self.policy
         for i, message in self._client_replies(replies, self._ready):
             try:
-                _, r, _, _ = open_upload(pol, self._ctx, message, self._key, self._uploads, f"server: {pol.scheme}",
-                                         PartyId.client(i))
-                pol.params.read_ciphertexts(r, r.what)
+                open_upload(pol, self._ctx, message, self._key, self._uploads, f"server: {pol.scheme}",
+                            PartyId.client(i))
             except ProtocolError as e:
                 self.rejected[i] = str(e)
                 continue
-            self._uploads[i] = bytes(message)
+            self._uploads[i] = bytes(message)  # no copy of a bytes message
         self._enough(len(self._uploads), "uploads")
-        w = self._ch.write(pol.kinds.aggregate, KEYHOLDER).raw(pol.fingerprint).u32(len(self._uploads))
-        for upload in self._uploads.values():
-            w.blob(upload)
+        request = write_uploads(self._ch.write(pol.kinds.aggregate, KEYHOLDER).raw(pol.fingerprint),
+                                list(self._uploads.values()))
         self.stage, self._next = "decrypt", self._take_result
-        return {KEYHOLDER: w.finish()}
+        return {KEYHOLDER: request}
 
     def _take_result(self, replies: Mapping[PartyId, bytes]) -> dict[PartyId, bytes]:
         pol = self.policy

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from securefl.errors import AggregatorError, DropoutError
+
 RESULT = "RESULT "
 
 
@@ -49,7 +51,7 @@ def round_seconds(n: int, m: int, rounds: int, num_shares: int | None, threshold
         cfg = msg.content.config_records.get("secaggplus_configs")
         if cfg is not None and cfg.get("stage") == "collect_masked_vectors":
             if int(ctxt.node_config["partition-id"]) in dropped:
-                raise RuntimeError("simulated dropout")
+                raise DropoutError(f"partition {ctxt.node_config['partition-id']}: simulated dropout")
         return call_next(msg, ctxt)
 
     mods = [drop_mod, secaggplus_mod] if num_shares else []
@@ -82,7 +84,7 @@ def round_seconds(n: int, m: int, rounds: int, num_shares: int | None, threshold
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     done = [b - a for a, b in marks if b]
     if not done:
-        raise RuntimeError(f"flower num_shares={num_shares}: no round finished")
+        raise AggregatorError(f"flower num_shares={num_shares}: no round finished")
     return done[-1]
 
 
@@ -95,7 +97,7 @@ def round_seconds_in_subprocess(n: int, m: int, rounds: int, num_shares: int | N
     lines = [x for x in p.stdout.splitlines() if x.startswith(RESULT)]
     if not lines:
         tail = " | ".join((p.stdout + p.stderr).strip().splitlines()[-5:])
-        raise RuntimeError(f"flower num_shares={num_shares}: no result (exit {p.returncode}): {tail}")
+        raise AggregatorError(f"flower num_shares={num_shares}: no result (exit {p.returncode}): {tail}")
     return float(json.loads(lines[-1][len(RESULT):]))
 
 

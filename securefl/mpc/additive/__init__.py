@@ -23,12 +23,12 @@ client per round is one MAC, not a signature check.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from securefl.aggregator import Aggregator
+from securefl.aggregator import Aggregator, Floor, RoleView
 from securefl.errors import ConfigError
 from securefl.keys import Identity
 from securefl.mpc.additive.client import Client
@@ -109,6 +109,29 @@ class AdditiveSharing(Aggregator):
 
     def roles(self) -> tuple[int, bool]:
         return self.num_aggregators - 1, False
+
+    @classmethod
+    def floor(cls, n: int, m: int, survivors: int, params: Mapping[str, Any],
+              traffic: Mapping[str, tuple[float, float]]) -> dict[str, Floor]:
+        """A client expands and subtracts K-1 helper shares; a helper expands and adds every survivor's share; the
+        leader adds the survivors' masked vectors and the K-1 partial sums."""
+        k, vec = int(params["num_aggregators"]), cls.ring_vector_bytes(m, params)
+        return {"client": ((k - 1) * vec, (k - 1) * vec, "expand+add"),
+                "helper": (survivors * vec, survivors * vec, "expand+add"),
+                "leader": (0.0, (survivors + k - 1) * vec, "add")}
+
+    def roles_view(self, params: Mapping[str, object]) -> dict[str, RoleView]:
+        k, b = int(params["num_aggregators"]), int(params["min_clients"])
+        return {"leader": RoleView("the aggregate; each client's vector is masked by K-1 uniform shares",
+                                   f"the {k - 1} helpers, or {b - 1} colluding clients (it may sum a batch of exactly "
+                                   f"{b}, the minimum every helper enforces, all but the target's known)", "sum"),
+                "helper": RoleView("uniformly random share expansions; sealed seeds only it can open",
+                                   f"the other {k - 1} aggregators", "nothing"),
+                f"all {k} aggregators": RoleView("every client's update", "-", "updates"),
+                f"leader + {b - 1} clients": RoleView("one update: a minimum batch's sum, all but one of it known",
+                                                       "-", "updates"),
+                "client": RoleView("its own update and the helpers' signed keys",
+                                   f"all {k} aggregators, or the leader and {b - 1} other clients", "nothing")}
 
     def min_clients_for(self, n_clients: int) -> int:
         """RoundConfig.min_clients of a deployment of n_clients: the minimum batch every helper enforces."""

@@ -121,7 +121,7 @@ class Client(Party):
         rec_len = p.record_bytes
         block = r.raw(peers.size * rec_len)
         r.end()
-        if not np.isin(peers, self._nbrs).all():
+        if not msg.members(peers, self._nbrs).all():
             raise ProtocolError(f"{me}: key list names clients that are not its neighbours")
         if peers.size + 1 < p.t:
             raise ProtocolError(f"{me}: key list has {peers.size + 1} holders, fewer than t={p.t}")
@@ -147,11 +147,12 @@ class Client(Party):
         shares = shamir.split_secrets([rnd.b, rnd.s_sk], p.t, holders)
         mine = int(np.searchsorted(holders, u))
         prefix = msg.commit_prefix(digest)
+        encoded, row = shamir.encode_shares(shares), 2 * SHARE_BYTES  # holder j's shares: bytes j*row .. (j+1)*row
         entries, nonces = [], os.urandom(2 * NONCE * holders.size)
         for j, v in enumerate(holders.tolist()):
             if v == u:
                 continue
-            b_share, k_share = shamir.encode_shares(shares[j, :E]), shamir.encode_shares(shares[j, E:])
+            b_share, k_share = encoded[j * row : j * row + SHARE_BYTES], encoded[j * row + SHARE_BYTES : (j + 1) * row]
             nb, nk = nonces[2 * NONCE * j : 2 * NONCE * j + NONCE], nonces[2 * NONCE * j + NONCE : 2 * NONCE * (j + 1)]
             commitments = (msg.share_commitment(prefix, u, v, ShareKind.SELF_MASK, b_share, nb)
                            + msg.share_commitment(prefix, u, v, ShareKind.MASKING_KEY, k_share, nk))
@@ -160,7 +161,7 @@ class Client(Party):
         rnd.c_sk, rnd.s_pk, rnd.peers = None, None, peers
         rnd.enc_keys, rnd.peer_s_pk = _rows(enc_keys, KEY), _rows(peer_s_pk, KEY)
         rnd.peer_hashes = _rows(hashes, DIGEST) if p.signed_keys else None
-        rnd.own_share = shamir.encode_shares(shares[mine])
+        rnd.own_share = encoded[mine * row : (mine + 1) * row]
         return ch.write(REPLY[Stage.SHARE_KEYS], SERVER).array(msg.ids(peers)).raw(b"".join(entries))
 
     def _masked_input(self, r: Reader, rnd: ClientRound, ch: Channel, update: UpdateSource | None) -> Writer:
@@ -169,7 +170,7 @@ class Client(Party):
         senders = msg.read_ids(r, p.n)
         block = r.raw(senders.size * SHARE_ENTRY)
         r.end()
-        if not np.isin(senders, rnd.peers).all():
+        if not msg.members(senders, rnd.peers).all():
             raise ProtocolError(f"{me}: share bundle holds shares from clients whose keys it never got")
         if senders.size + 1 < p.t:
             raise ProtocolError(f"{me}: only {senders.size + 1} share holders, fewer than t={p.t}")
@@ -178,7 +179,7 @@ class Client(Party):
         digest = self._digest(rnd)
         prefix = msg.commit_prefix(digest)
         at = np.searchsorted(rnd.peers, senders)
-        rows = np.empty((senders.size, 2 * E), np.uint64)
+        received = []  # per sender: its share of b, then of its masking key
         nonces = np.empty((senders.size, 2, NONCE), np.uint8)
         for j, v in enumerate(senders.tolist()):
             entry = block[j * SHARE_ENTRY : (j + 1) * SHARE_ENTRY]
@@ -192,8 +193,13 @@ class Client(Party):
             if (msg.share_commitment(prefix, v, u, ShareKind.SELF_MASK, b_share, nb) != commitments[:DIGEST]
                     or msg.share_commitment(prefix, v, u, ShareKind.MASKING_KEY, k_share, nk) != commitments[DIGEST:]):
                 raise ProtocolError(f"{me}: client/{v} dealt a share that does not match its own commitment")
-            rows[j] = shamir.decode_shares(b_share + k_share, 2 * E, f"{me}: share from client/{v}")
+            received.append(pt[8 : 8 + 2 * SHARE_BYTES])
             nonces[j, 0], nonces[j, 1] = np.frombuffer(nb, np.uint8), np.frombuffer(nk, np.uint8)
+        rows = np.frombuffer(b"".join(received), "<u8").reshape(senders.size, 2 * E).astype(np.uint64)
+        outside = (rows >= np.uint64(shamir.P)).any(axis=1)
+        if outside.any():
+            bad = senders[np.argmax(outside)]
+            raise ProtocolError(f"{me}: share from client/{bad}: share element outside the field")
         vec, self.clipped = self.codec.encode(u, *update())
         s_sk = X25519PrivateKey.from_private_bytes(rnd.s_sk)
         add, sub = [msg.self_mask_key(rnd.b, rnd.session, u)], []
@@ -210,7 +216,7 @@ class Client(Party):
         if not alive[self.index]:
             raise ProtocolError(f"{me}: {what} omits this client, which sent its input")
         nb_alive = self._nbrs[alive[self._nbrs]]
-        if not np.isin(nb_alive, rnd.senders).all():
+        if not msg.members(nb_alive, rnd.senders).all():
             raise ProtocolError(f"{me}: {what} names a survivor that never sent it shares")
         if nb_alive.size + 1 < p.t:
             raise ProtocolError(f"{me}: {what} leaves {nb_alive.size + 1} holders, fewer than t={p.t}")
@@ -244,7 +250,7 @@ class Client(Party):
         both = dropped[alive[dropped]]
         if both.size:
             raise ProtocolError(f"{me}: server asks for both shares of client {both[0]}, which survived")
-        if not np.isin(dropped, rnd.senders).all():
+        if not msg.members(dropped, rnd.senders).all():
             raise ProtocolError(f"{me}: server asks for key shares this client does not hold")
         own = np.frombuffer(rnd.own_share, "<u8")
         b_sel = alive[rnd.senders]
@@ -263,7 +269,7 @@ class Client(Party):
         me, p = str(self.id), self.policy
         if raw != rnd.signed_list:
             raise ProtocolError(f"{me}: survivor list differs from the one it signed")
-        in_holders = np.isin(signers, self._nbrs) | (signers == self.index)
+        in_holders = msg.members(signers, self._nbrs) | (signers == self.index)
         if not in_holders.all() or not alive[signers].all():
             raise ProtocolError(f"{me}: signatures from clients that are not surviving holders")
         if signers.size < p.t:

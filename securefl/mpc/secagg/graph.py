@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import weakref
 from functools import lru_cache
 
 import numpy as np
@@ -35,6 +36,7 @@ from securefl.crypto.prg import Expander, stream_key
 from securefl.errors import ConfigError
 
 _LABEL = b"securefl/secagg/graph"
+_SHARED: weakref.WeakValueDictionary[tuple, Graph] = weakref.WeakValueDictionary()  # Graph.shared's graphs in use
 
 
 class Graph:
@@ -70,6 +72,19 @@ class Graph:
         self.digest = hashlib.sha256(_LABEL + struct.pack("<QQ", n, self.k) + ring).digest()  # what setups bind
         self._is_offset = np.zeros(n, bool)
         self._is_offset[offsets % n] = True
+        for a in (self.nbrs, self._pos, self._is_offset):
+            a.flags.writeable = False  # one Graph may serve many parties (`shared`): nobody alters it
+
+    @classmethod
+    def shared(cls, n: int, k: int, seed: bytes, binding: bytes) -> Graph:
+        """The graph of (n, k, seed, binding), built once and reused while any party holds it: it is public and
+        a function of these inputs alone, so the parties of one simulated deployment need not hold n copies of
+        its n x k neighbour table (which would grow as n^2 k)."""
+        key = (int(n), int(k), bytes(seed), bytes(binding))
+        graph = _SHARED.get(key)
+        if graph is None:
+            graph = _SHARED[key] = cls(*key)
+        return graph
 
     def neighbors(self, u: int) -> np.ndarray:
         """u's neighbours (not u itself), sorted."""

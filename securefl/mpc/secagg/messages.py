@@ -111,6 +111,13 @@ def read_ids(r: Reader, n: int) -> np.ndarray:
     return a
 
 
+def members(a: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Elementwise: whether each of `a` is in the sorted array `sorted_ids` (np.isin for the sorted id lists a
+    client keeps, without its sort and set machinery: these checks run on every message)."""
+    at = np.minimum(np.searchsorted(sorted_ids, a), max(sorted_ids.size - 1, 0))
+    return sorted_ids[at] == a if sorted_ids.size else np.zeros(np.shape(a), bool)
+
+
 def ids(a: np.ndarray) -> np.ndarray:
     """Client ids as the wire's uint32 array."""
     return np.asarray(a).astype(np.uint32)

@@ -200,10 +200,13 @@ class Policy:
     """What a SecAgg party's security rests on, derived from its own RoundConfig alone (`from_config`).
 
     n: the clients of the pinned directory; k, t: from the scheme options (resolve_parameters);
-    min_batch: the fewest inputs any party lets into a sum, max(t, config.min_clients) (in SecAgg+ a
-    client can check only that its own holders survived: a malicious server may name survivors it
-    never heard from elsewhere); graph: from config.setup_seed with the directory bound in (see
-    securefl.mpc.secagg.graph); signed_keys, consistency_check: the threat model (see SecAgg).
+    min_batch: the fewest inputs any party lets into a sum: max(t, config.min_clients) on the complete
+    graph, where every client checks the whole signed survivor list; t in SecAgg+, where a client can
+    check only that its own holders survived (a malicious server may name survivors it never heard
+    from elsewhere, and release the sum of a clique of t clients), so a SecAgg+ configuration that
+    asks for a larger minimum batch is refused rather than promised; graph: from config.setup_seed with
+    the directory bound in (see securefl.mpc.secagg.graph); signed_keys, consistency_check: the threat
+    model (see SecAgg).
     `setup_digest` binds all of it, the whole configuration's fingerprint, the ring, the vector
     length, the session and the round: it is in every signature, share commitment and share AAD.
     """
@@ -228,10 +231,14 @@ class Policy:
         o = normalize_options(config.options)
         n = config.n
         k, t = resolve_parameters(n, o["threshold"], o["neighbors"], o["dropout_rate"], o["corrupt_fraction"])
+        graph = Graph.shared(n, k, config.setup_seed, config.directory.fingerprint)
+        if not graph.complete and config.min_clients > t:
+            raise ConfigError(f"secagg+: a client checks only its own {graph.k} neighbours, so a malicious server can "
+                              f"release a sum of t={t} clients; min_clients={config.min_clients} cannot be "
+                              f"enforced (use the complete graph, or min_clients <= t)")
         min_batch = max(t, config.min_clients)
         if min_batch > n:
             raise ConfigError(f"secagg: a minimum batch of {min_batch} cannot be met by {n} clients")
-        graph = Graph(n, k, config.setup_seed, config.directory.fingerprint)
         return cls(config, n, graph.k, t, min_batch, o["signed_keys"], o["consistency_check"], graph)
 
     @property

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from securefl.aggregator import Aggregator
+from securefl.aggregator import Aggregator, Floor, RoleView
 from securefl.keys import Identity
 from securefl.mpc.secagg.client import Client
 from securefl.mpc.secagg.params import INPUT_STAGE, STAGES, colluders_needed, normalize_options, resolve_parameters
@@ -77,10 +77,40 @@ class SecAgg(Aggregator):
         o = self._options
         return resolve_parameters(n_clients, o["threshold"], o["neighbors"], o["dropout_rate"], o["corrupt_fraction"])
 
+    def roles_view(self, params: Mapping[str, object]) -> dict[str, RoleView]:
+        c, t, h = (int(params[k]) for k in ("colluders_needed", "threshold", "share_holders"))
+        holders = f"{c} colluding share holders of the target (min(t-1, 2t-h), t={t}, h={h})"
+        roles = {"server": RoleView("the aggregate and who survived; masked inputs look uniform", holders, "sum"),
+                 f"server + {c} share holders": RoleView("one target's update (the server unmasks it)", "-", "updates"),
+                 "client": RoleView("its own update; its neighbours' keys and the shares dealt to it",
+                                    f"the server and {c} share holders of the target", "nothing")}
+        if not params.get("signed_keys", True):  # a malicious server substitutes keys: it needs nobody
+            roles["server"] = RoleView("the aggregate; an honest-but-curious one nothing more",
+                                       f"nobody if malicious (signed_keys=False: it substitutes keys); if it follows "
+                                       f"the protocol, {t} colluding share holders", "sum")
+            roles["malicious server"] = RoleView("any one client's update", "-", "updates")
+            roles.pop(f"server + {c} share holders")
+        return roles
+
     def colluders_needed(self, n_clients: int) -> int:
         """Fewest colluding holders of a client with which a malicious server learns its update (n clients)."""
         k, t = self._parameters(n_clients)
         return colluders_needed(k + 1, t)
+
+    def scales_in_n(self) -> bool:
+        """SecAgg+ (neighbors set): a client shares with k ~ log n neighbours, not with every other client."""
+        return self._options["neighbors"] is not None
+
+    @classmethod
+    def floor(cls, n: int, m: int, survivors: int, params: Mapping[str, Any],
+              traffic: Mapping[str, tuple[float, float]]) -> dict[str, Floor]:
+        """A client expands and adds its self mask and k pairwise masks. The server removes every survivor's self
+        mask and, for each client dropped after sharing its keys, its pairwise masks with its surviving neighbours
+        (k * survivors / (n - 1) of them on average)."""
+        k, vec = int(params["neighbors"]), cls.ring_vector_bytes(m, params)
+        server_prg = (survivors + (n - survivors) * k * survivors / max(n - 1, 1)) * vec
+        return {"client": ((k + 1) * vec, (k + 1) * vec, "expand+add"),
+                "server": (server_prg, server_prg + survivors * vec, "expand+add")}
 
     def min_survivors(self, n_clients: int) -> int:
         """A round that finishes holds the inputs of at least t clients (distributed DP noise is scaled for t;

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from securefl.aggregator import Aggregator
-from securefl.dp.recording import Message, record_round
+from securefl.audit.recording import Message, record_round
 from securefl.errors import SecureFLError
 
 
@@ -35,6 +35,15 @@ class TranscriptCheck:
     def indistinguishable(self) -> bool:
         """Whether the distinguisher stayed at chance (p > alpha): evidence against a gross leak, not a proof."""
         return self.p_value > self.alpha
+
+    def summary(self) -> str:
+        """One line: what was compared, the distinguisher's accuracy and p-value, and what the verdict means."""
+        verdict = ("indistinguishable: evidence against a gross leak, not a proof" if self.indistinguishable
+                   else "DISTINGUISHABLE: this party's view depends on the individual inputs")
+        return (f"transcript check: can {self.party} tell all-zero inputs from large ones with the same sum? A linear "
+                f"distinguisher on byte statistics of what it received ({self.runs} + {self.runs} rounds, "
+                f"{self.bytes_compared} bytes) is right {self.statistic:.0%} of the time (50% = chance), "
+                f"permutation p = {self.p_value:.3g} -> {verdict} (alpha {self.alpha:g})")
 
 
 def _features(transcript: list[Message], party: str) -> np.ndarray:

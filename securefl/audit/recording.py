@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 from securefl import wire
 from securefl.aggregator import Aggregator
-from securefl.dp.accounting import Accountant
-from securefl.dp.mechanisms import Mechanism
+from securefl.dp import Accountant, Mechanism
 from securefl.errors import ProtocolError
 from securefl.report import Result
 from securefl.simulation import Simulation
@@ -17,11 +16,12 @@ from securefl.simulation import Simulation
 
 @dataclass(frozen=True)
 class Message:
-    """One recorded message: who sent it to whom, its wire kind (-1 if it has no securefl header), its bytes."""
+    """One recorded message: who sent it to whom, its wire.Kind name ("unframed" without a securefl header), its
+    bytes."""
 
     src: str
     dst: str
-    kind: int
+    kind: str
     payload: bytes
 
     @property
@@ -42,9 +42,11 @@ class RecordingSimulation(Simulation):
 
     def send(self, src: str, dst: str, payload: bytes) -> bytes:
         try:
-            kind = wire.peek(payload).kind
+            kind = wire.Kind(wire.peek(payload).kind).name
         except ProtocolError:
-            kind = -1
+            kind = "unframed"
+        except ValueError:  # a securefl header with a kind outside the registry
+            kind = "unregistered"
         self.transcript.append(Message(str(src), str(dst), kind, bytes(payload)))
         return super().send(src, dst, payload)
 

@@ -1,0 +1,1 @@
+"""securefl inside a Flower app: the digits task, any securefl scheme (see ../README.md)."""

@@ -1,0 +1,50 @@
+"""securefl inside Flower (flwr >= 1.20, the `flower` extra): any scheme's round over Flower's Grid.
+
+Server (ServerApp):
+
+    config = RoundConfig.load("fed/config.json")               # the server's own copy
+    strategy = SecureStrategy(FedAvg(fraction_train=1.0), config)   # or FedAdam, FedProx, ...
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=3)
+    strategy.rounds[-1].report                                  # survivors, dropped, bytes per party, epsilon
+
+    secure_default_workflow(config)(grid, legacy_context)       # the legacy DefaultWorkflow API
+
+Node (ClientApp, the same app on clients, helpers and the key holder):
+
+    app = ClientApp(mods=[secure_mod()])                        # keys and config from the node config
+
+Federation (keys, directory, configuration): `write_federation(folder, aggregator, template, clients)`.
+See docs/flower.md for the commands of a simulation and of a multi-process deployment.
+"""
+
+from securefl.flower.federation import aggregator_of, scheme_class, simulation_parties, write_federation
+from securefl.flower.grid import RoundRecord, SecureGrid
+from securefl.flower.node import (
+    NodeSetup,
+    load_setup,
+    node_config_resolver,
+    run_config_resolver,
+    secure_mod,
+    simulation_resolver,
+)
+from securefl.flower.records import spec_of_arrays
+from securefl.flower.strategy import SecureStrategy, refuse_incompatible, secure_default_workflow
+
+__all__ = [
+    "NodeSetup",
+    "RoundRecord",
+    "SecureGrid",
+    "SecureStrategy",
+    "aggregator_of",
+    "load_setup",
+    "node_config_resolver",
+    "run_config_resolver",
+    "refuse_incompatible",
+    "scheme_class",
+    "secure_default_workflow",
+    "secure_mod",
+    "simulation_parties",
+    "simulation_resolver",
+    "spec_of_arrays",
+    "write_federation",
+]
