@@ -176,7 +176,7 @@ class Aggregator(ABC):
         clipped = sum(getattr(fed.parties[PartyId.client(i)], "clipped", 0) for i in totals.included)
         params = {"clip": self.clip, "frac_bits": self.frac_bits, "weight_bound": bound, "round": fed.round,
                   **totals.params}
-        return self._result(layout, bound, sim, totals, clipped, params)
+        return self.release(layout, bound, sim, totals, clipped, params)
 
     # ---------------------------------------------------------------- what a scheme provides
 
@@ -269,19 +269,16 @@ class Aggregator(ABC):
             self._fed = fed
         return fed
 
-    def _result(self, layout: Layout, bound: float, sim: Simulation, totals: Totals, clipped: int,
+    def release(self, layout: Layout, bound: float, sim: Simulation, totals: Totals, clipped: int,
                 params: dict) -> Result:
-        """Mean and sum in the updates' structure, and the report, from what the coordinator released."""
-        if not totals.included:
-            raise DropoutError(f"{self.scheme}: no client's input reached the aggregate")
-        if totals.weight <= 0:
-            raise DropoutError(f"{self.scheme}: the included clients' weights sum to 0; no mean exists")
-        k = len(totals.included)
-        mean_ints = (2 * totals.ints + k) // (2 * k)  # exact round-half-up of sum / k
-        mean = layout.unflatten(totals.floats / totals.weight, mean_ints)
-        import torch
+        """Mean and sum in the updates' structure, and the report, from what a coordinator released (its
+        `result()`, DP noise and accounting already applied); `sim` holds the round's bytes and seconds."""
+        from securefl.protocol import rebuild
 
-        total = layout.unflatten(totals.floats * bound, totals.ints, int_dtype=torch.int64)
+        try:
+            mean, total = rebuild(totals, layout, bound)
+        except DropoutError as e:
+            raise DropoutError(f"{self.scheme}: {e}") from None
         report: Report = sim.report(totals.included, clipped_values=clipped, epsilon=totals.epsilon,
                                     delta=None if self.dp is None else self.dp.delta, params=params)
         return Result(mean=mean, sum=total, report=report)

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from securefl.errors import AggregatorError, ProtocolError, SecureFLError
+from securefl.codec import Layout
+from securefl.errors import AggregatorError, DropoutError, ProtocolError, SecureFLError
 from securefl.simulation import Simulation
 from securefl.wire import PartyId, Role
 
@@ -81,6 +82,25 @@ class Coordinator(ABC):
     @abstractmethod
     def result(self) -> Totals:
         """What the round released to the coordinator (after the last step)."""
+
+
+def rebuild(totals: Totals, layout: Layout, weight_bound: float) -> tuple[object, object]:
+    """The weighted mean and the sum, in the update's structure, of what a coordinator released.
+
+    Floats: the mean divides by the included weights, the sum multiplies back by the weight bound;
+    integer tensors: exact sums, and their mean rounded half up. DropoutError when nothing was included.
+    """
+    if not totals.included:
+        raise DropoutError("no client's input reached the aggregate")
+    if totals.weight <= 0:
+        raise DropoutError("the included clients' weights sum to 0; no mean exists")
+    import torch
+
+    k = len(totals.included)
+    mean_ints = (2 * totals.ints + k) // (2 * k)  # exact round-half-up of sum / k
+    mean = layout.unflatten(totals.floats / totals.weight, mean_ints)
+    total = layout.unflatten(totals.floats * weight_bound, totals.ints, int_dtype=torch.int64)
+    return mean, total
 
 
 def run_round(

@@ -23,7 +23,7 @@ LAYERS = (  # lowest first; docs/architecture.md
     ("round", ("securefl.encoding", "securefl.protocol", "securefl.simulation", "securefl.report",
                "securefl.aggregator")),
     ("schemes", ("securefl.plaintext", "securefl.mpc", "securefl.he")),
-    ("interface", ("securefl.schemes", "securefl")),
+    ("interface", ("securefl.schemes", "securefl.deploy", "securefl")),
     ("tools", ("securefl.audit", "securefl.bench", "securefl.flower", "securefl.fedavg", "securefl.datasets",
                "securefl.cli", "securefl.__main__")),
 )

@@ -32,10 +32,10 @@ from securefl.flower import (
     spec_of_arrays,
     write_federation,
 )
-from securefl.flower.federation import scheme_class
 from securefl.flower.node import load_config
 from securefl.flower.records import STATE, stage_content
 from securefl.keys import Identity
+from securefl.schemes import scheme_class
 from securefl.session import new_session
 from securefl.wire import PartyId
 from tests import flower_apps as fa
@@ -200,7 +200,7 @@ def test_the_dropout_threshold_is_the_in_process_one(feds, scheme):
     from securefl.errors import DropoutError
 
     folder, config = feds(scheme)
-    stage = scheme_class(config).input_stage
+    stage = scheme_class(config.scheme).input_stage
     ref = fa.AGGREGATORS[scheme](weight_bound=WEIGHT_BOUND)
 
     def in_process_fails(k):
@@ -230,7 +230,7 @@ def test_a_helper_or_key_holder_that_dies_fails_the_round(feds, scheme):
     folder, config = feds(scheme)
     grid = local_grid(folder)
     other = grid.node(N)  # the first party after the clients: helper/1 or the key holder
-    first = next(s for s in scheme_class(config).stages)
+    first = next(s for s in scheme_class(config.scheme).stages)
     grid.hooks.append(lambda dst, msg: grid.silent.add(other) if dst == other and "securefl.meta" in msg.content
                       and str(msg.content["securefl.meta"]["stage"]) != "securefl.hello" else None)
     strategy = SecureStrategy(fedavg(), config)
@@ -432,7 +432,7 @@ def test_plain_train_is_refused_and_evaluate_passes(fed):
 
 def test_stale_round_is_refused_and_state_of_another_configuration_dropped(fed):
     folder, config = fed
-    coord = scheme_class(config).coordinator(config, session := new_session(), 3, [0])
+    coord = scheme_class(config.scheme).coordinator(config, session := new_session(), 3, [0])
     (data,) = coord.start().values()
     content = stage_content(coord.stage, data, {"weight-key": "num-examples", "config": config.fingerprint},
                             RecordDict({"arrays": fa.initial_arrays(), "config": ConfigRecord({"server-round": 1})}))
@@ -440,7 +440,7 @@ def test_stale_round_is_refused_and_state_of_another_configuration_dropped(fed):
     assert not reply.has_error() and "securefl.payload" in reply.content
     saved = ctx.state[STATE]
     assert bytes(saved["session"]) == session and int(saved["round"]) == 3
-    old = scheme_class(config).coordinator(config, session, 2, [0])
+    old = scheme_class(config.scheme).coordinator(config, session, 2, [0])
     (data2,) = old.start().values()
     content2 = stage_content(old.stage, data2, {"weight-key": "num-examples", "config": config.fingerprint},
                              RecordDict({"arrays": fa.initial_arrays(), "config": ConfigRecord({"server-round": 1})}))
@@ -464,7 +464,7 @@ def test_a_node_in_two_federations_answers_each_under_its_own_configuration(fed,
         start(strategy, LocalGrid(app, N), rounds=1)
         assert strategy.rounds[0].report.survivors == list(range(N))
     # a message under a configuration the node does not hold is refused, naming both
-    coord = scheme_class(config).coordinator(config, new_session(), 1, [0])
+    coord = scheme_class(config.scheme).coordinator(config, new_session(), 1, [0])
     (data,) = coord.start().values()
     content = stage_content(coord.stage, data, {"config": b"\x01" * 32},
                             RecordDict({"arrays": fa.initial_arrays(), "config": ConfigRecord({"server-round": 1})}))
@@ -489,11 +489,3 @@ def test_model_that_does_not_match_the_configuration_fails_the_round(fed):
     strategy.start(grid=local_grid(folder), initial_arrays=wrong, num_rounds=1)
     assert "does not match the round configuration" in strategy.rounds[0].error
 
-
-def test_schemes_not_yet_deployable_are_named(fed):
-    _, config = fed
-    for name in securefl.schemes.names():
-        try:
-            scheme_class(dataclasses.replace(config, scheme=name))
-        except ConfigError as e:
-            assert "does not expose its parties" in str(e)

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("flwr", reason="the flower extra (pip install -e '.[flower]')")
 
 from securefl.errors import ConfigError
-from securefl.flower import scheme_class
+from securefl.schemes import scheme_class
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "flower_deploy.py"

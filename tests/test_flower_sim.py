@@ -3,8 +3,7 @@ every round equal to the in-process aggregate of the same scheme within the code
 client that crashes and one that misses the input stage's deadline.
 
 Each simulation runs in its own process (tests/flower_sim.py; Ray starts once per process), shared by
-the checks of one scheme. Plaintext runs in the default suite; the other schemes, once ported
-(securefl.flower.scheme_class accepts them), and FedAdam are marked slow.
+the checks of one scheme. Plaintext runs in the default suite; the other schemes and FedAdam are marked slow.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ import pytest
 pytest.importorskip("flwr", reason="the flower extra (pip install -e '.[flower]')")
 
 import securefl
-from securefl.errors import ConfigError
-from securefl.flower import scheme_class, spec_of_arrays, write_federation
+from securefl.flower import spec_of_arrays, write_federation
 from tests import flower_apps as fa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,13 +47,6 @@ def simulate(tmp: Path, agg: securefl.Aggregator, strategy: str = "fedavg") -> t
     assert proc.returncode == 0 and out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), config
 
-
-def ready(name: str) -> bool:
-    try:
-        scheme_class(name)
-    except ConfigError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,5 @@ def test_plaintext_in_the_simulation_engine(plaintext_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in AGGREGATORS if n != "plaintext"])
 def test_scheme_in_the_simulation_engine(tmp_path, name):
-    if not ready(name):
-        pytest.skip(f"{name} has no deployable parties yet")
     data, _ = simulate(tmp_path, AGGREGATORS[name]())
     check_run(data, name)

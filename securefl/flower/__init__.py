@@ -13,11 +13,13 @@ Node (ClientApp, the same app on clients, helpers and the key holder):
 
     app = ClientApp(mods=[secure_mod()])                        # keys and config from the node config
 
-Federation (keys, directory, configuration): `write_federation(folder, aggregator, template, clients)`.
+Federation (keys, directory, configuration): `securefl.deploy.write_federation(folder, aggregator, template,
+clients)` (re-exported here).
 See docs/flower.md for the commands of a simulation and of a multi-process deployment.
 """
 
-from securefl.flower.federation import aggregator_of, scheme_class, simulation_parties, write_federation
+from securefl.deploy import write_federation
+from securefl.flower.federation import simulation_parties
 from securefl.flower.grid import RoundRecord, SecureGrid
 from securefl.flower.node import (
     NodeSetup,
@@ -35,12 +37,10 @@ __all__ = [
     "RoundRecord",
     "SecureGrid",
     "SecureStrategy",
-    "aggregator_of",
     "load_setup",
     "node_config_resolver",
     "run_config_resolver",
     "refuse_incompatible",
-    "scheme_class",
     "secure_default_workflow",
     "secure_mod",
     "simulation_parties",

@@ -30,9 +30,9 @@ from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from securefl.aggregator import Aggregator
+from securefl.deploy import aggregator_of
 from securefl.errors import ConfigError, InputError, ProtocolError, SecureFLError
 from securefl.flower import hello
-from securefl.flower.federation import aggregator_of, scheme_class
 from securefl.flower.records import (
     apply_mean,
     meta_of,
@@ -45,6 +45,7 @@ from securefl.flower.records import (
 from securefl.protocol import Coordinator, Totals
 from securefl.report import Report
 from securefl.report import Result as SecureResult
+from securefl.schemes import scheme_class
 from securefl.session import RoundConfig, new_session
 from securefl.simulation import Simulation
 from securefl.wire import PartyId, Role, peek
@@ -95,7 +96,7 @@ class SecureGrid(Grid):
         self.weight_key = weight_key
         self.on_stage = on_stage
         self.config = config
-        self.scheme = scheme_class(config)
+        self.scheme = scheme_class(config.scheme)
         self.aggregator = aggregator if aggregator is not None else aggregator_of(config)
         if self.aggregator.scheme != config.scheme or (self.aggregator.dp is None) != (config.dp is None):
             raise ConfigError(f"aggregator {self.aggregator.scheme} (dp {self.aggregator.dp}) does not match the round "
@@ -372,7 +373,7 @@ def _clear_reply(r: Message, arrays_key: str) -> tuple[RecordDict, str]:
 def _release(aggregator: Aggregator, config: RoundConfig, sim: Simulation, totals: Totals, round_: int
              ) -> SecureResult:
     """The coordinator's totals (DP noise and accounting done by the coordinator) as the in-process driver releases
-    them (Aggregator._aggregate_parties): the mean in the model's structure, and the report."""
+    them (Aggregator.aggregate): the mean in the model's structure, and the report."""
     params = {"clip": config.clip, "frac_bits": config.frac_bits, "weight_bound": config.weight_bound, "round": round_,
               **totals.params}
-    return aggregator._result(config.model.layout(), config.weight_bound, sim, totals, 0, params)
+    return aggregator.release(config.model.layout(), config.weight_bound, sim, totals, 0, params)

@@ -39,9 +39,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from securefl.aggregator import Aggregator
+from securefl.deploy import CONFIG_FILE, key_file
 from securefl.errors import ConfigError, InputError, ProtocolError
 from securefl.flower import hello
-from securefl.flower.federation import CONFIG_FILE, key_file, scheme_class, simulation_parties
+from securefl.flower.federation import simulation_parties
 from securefl.flower.records import (
     STATE,
     meta_of,
@@ -52,6 +53,7 @@ from securefl.flower.records import (
     user_records,
 )
 from securefl.keys import Identity
+from securefl.schemes import scheme_class
 from securefl.session import RoundConfig
 from securefl.wire import PartyId, Role, peek
 
@@ -77,7 +79,7 @@ class NodeSetup:
 
     @property
     def scheme(self) -> type[Aggregator]:
-        return scheme_class(self.config)
+        return scheme_class(self.config.scheme)
 
 
 Resolver = Callable[[Context], "NodeSetup | Sequence[NodeSetup]"]  # several: a node in several federations

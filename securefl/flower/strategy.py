@@ -15,9 +15,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from securefl.aggregator import Aggregator
+from securefl.deploy import aggregator_of
 from securefl.errors import ConfigError
-from securefl.flower.federation import aggregator_of, scheme_class
 from securefl.flower.grid import POLL, RoundRecord, SecureGrid, StageHook
+from securefl.schemes import scheme_class
 from securefl.session import RoundConfig
 
 # strategies whose aggregation reads individual updates (robust aggregation, per-client losses, server-side
@@ -56,7 +57,7 @@ class SecureStrategy(Strategy):
         refuse_incompatible(strategy)
         if not isinstance(config, RoundConfig):
             raise ConfigError("config must be a securefl.session.RoundConfig (RoundConfig.load('config.json'))")
-        scheme_class(config)
+        scheme_class(config.scheme)
         self.strategy, self.config, self.poll, self.on_stage = strategy, config, poll, on_stage
         self.aggregator = aggregator if aggregator is not None else aggregator_of(config)
         self.grid: SecureGrid | None = None

@@ -27,9 +27,10 @@ from torch import nn
 
 from securefl.aggregator import Aggregator
 from securefl.datasets import Federated
+from securefl.deploy import write_federation
 from securefl.errors import DropoutError, InputError
 from securefl.fedavg import RoundMetrics, check_noise, evaluate, local_update, make_model
-from securefl.flower.federation import simulation_parties, write_federation
+from securefl.flower.federation import simulation_parties
 from securefl.flower.hello import HELLO_STAGE
 from securefl.flower.node import secure_mod, simulation_resolver
 from securefl.flower.records import meta_of, payload_bytes
