@@ -16,11 +16,12 @@ import struct
 import numpy as np
 import pytest
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefl import wire
+from securefl.crypto import primitives as crypto_primitives
 from securefl.crypto import shamir
 from securefl.errors import ConfigError, DropoutError, ProtocolError
 from securefl.keys import Identity
@@ -377,21 +378,40 @@ def _all_shares(dep, f):
     return records, cts
 
 
-def test_server_forwarding_someone_elses_ciphertext_is_refused():
+def reported(f: Forge, message: bytes, sender: int) -> list[int]:
+    """The dealers a masked_input reply reports (after the masked vector)."""
+    r = f.read(message, Kind.SECAGG_MASKED_INPUT, sender)
+    r.array(np.dtype(f"<u{f.ring_bits // 8}"))
+    return r.array(np.uint32).tolist()
+
+
+def test_server_forwarding_someone_elses_ciphertext_gets_it_reported():
+    """A ciphertext that is not the one its dealer sent this holder does not open: the holder keeps neither a share
+    of that dealer nor a mask with it, and reports it (nothing more: what a server gets by not forwarding it)."""
     dep, f = fed(n=6, t=4)
     _, cts = _all_shares(dep, f)
     cts[2, 1] = cts[2, 3]  # client 2's shares for client 3, handed to client 1 as its own
-    with pytest.raises(ProtocolError, match=r"client/1: share from client 2 \(altered by the server, or sent so by "
-                                            r"client/2\): authentication failed"):
-        dep.answer(1, f.bundle(1, [0, 2, 3, 4, 5], cts))
+    assert reported(f, dep.answer(1, f.bundle(1, [0, 2, 3, 4, 5], cts)), 1) == [2]
+    assert dep.secrets(1).senders.tolist() == [0, 3, 4, 5]
 
 
-def test_server_altering_a_share_commitment_is_refused():
+def test_server_altering_a_share_commitment_gets_the_dealer_reported():
     r = Round(Deployment(n=6, m=6, threshold=4))
     r.run_to(Stage.MASKED_INPUT)
     bad = bytearray(r.inbox[1])
     bad[wire.PARTY_HEADER_SIZE + 9 + 4 * 5] ^= 1  # first byte of the first sender's self-mask share commitment
-    with pytest.raises(ProtocolError, match="client/1: share from client 0 .*authentication failed"):
+    assert reported(Forge(r.dep, r.session, r.round), r.dep.answer(1, bytes(bad)), 1) == [0]
+
+
+def test_server_altering_every_share_to_a_holder_is_refused():
+    """No holder masks with fewer than t-1 peers: a bundle whose entries all fail is refused, not answered."""
+    r = Round(Deployment(n=6, m=6, threshold=4))
+    r.run_to(Stage.MASKED_INPUT)
+    bad = bytearray(r.inbox[1])
+    for j in range(3):  # three of the five senders' entries: 1 + 2 sound holders < t = 4
+        bad[wire.PARTY_HEADER_SIZE + 9 + 4 * 5 + j * msg.SHARE_ENTRY] ^= 1
+    with pytest.raises(ProtocolError, match=r"client/1: only 3 share holders, fewer than t=4 \(5 senders, "
+                                            r"client/0's failed its checks, client/2's"):
         r.dep.answer(1, bytes(bad))
 
 
@@ -430,17 +450,267 @@ def test_client_with_a_bad_survivor_signature_is_named_by_its_peers():
         r.dep.answer(0, r.inbox[0])
 
 
-def test_dealer_with_a_false_commitment_is_named_by_its_holder(monkeypatch):
-    """client/0 commits to something other than the share it encrypts: its holders name it."""
-    dep, f = fed(n=6, t=4)
-
+def _false_commitments(monkeypatch, dep, dealer, holders):
+    """`dealer` commits, for each of `holders`, to something other than the share it encrypts to it."""
     def false_commitment(honest):
-        return lambda *a: honest(*a[:5], bytes(msg.NONCE))
+        return lambda *a: honest(*a[:5], bytes(msg.NONCE) if a[2] in holders else a[5])
 
-    _only_while(monkeypatch, dep.clients[0], Kind.SECAGG_PEER_KEYS, msg, "share_commitment", false_commitment)
-    _, cts = _all_shares(dep, f)
-    with pytest.raises(ProtocolError, match="client/1: client/0 dealt a share that does not match its own commitment"):
-        dep.answer(1, f.bundle(1, [0, 2, 3, 4, 5], cts))
+    _only_while(monkeypatch, dep.clients[dealer], Kind.SECAGG_PEER_KEYS, msg, "share_commitment", false_commitment)
+
+
+def test_dealer_with_false_commitments_is_left_out_and_named(monkeypatch):
+    """client/0 commits to something other than the shares it encrypts: every holder leaves it out of its masks and
+    reports it; the round ends exactly without it, and names it (one cheater cannot sink the round)."""
+    dep = Deployment(n=6, m=6, threshold=4)
+    _false_commitments(monkeypatch, dep, 0, range(1, 6))
+    r = Round(dep)
+    r.run_to(Stage.MASKED_INPUT)
+    replies = r.answer()
+    assert all(reported(Forge(dep, r.session, r.round), replies[i], i) == [0] for i in range(1, 6))
+    assert reported(Forge(dep, r.session, r.round), replies[0], 0) == []
+    r.deliver(replies)
+    totals = r.finish()
+    assert totals.included == [1, 2, 3, 4, 5]
+    assert np.array_equal(totals.floats, sum(dep.ups[i].double() for i in range(1, 6)).numpy())
+    why = totals.params["rejected"][0]
+    assert list(totals.params["rejected"]) == [0]
+    assert "client/1, client/2, client/3, client/4, client/5 did not open or did not match" in why
+
+
+@pytest.mark.parametrize("n,options", [(6, {"threshold": 4}), (6, {"threshold": 4, "signed_keys": False}),
+                                       (12, {"threshold": 3, "neighbors": 4})])
+def test_dealer_cheating_one_holder_is_left_out_and_its_masks_removed(monkeypatch, n, options):
+    """client/0 cheats one holder only: it reports 0 and leaves it out of its masks, 0's other holders mask with it.
+    The server leaves 0's input out, recovers 0's masking key from those other holders and removes only their masks
+    with it (complete graph, semi-honest mode, SecAgg+)."""
+    dep = Deployment(n=n, m=6, **options)
+    cheated = int(dep.policy.graph.neighbors(0)[0])
+    _false_commitments(monkeypatch, dep, 0, {cheated})
+    totals = Round(dep).finish()
+    assert totals.included == list(range(1, n))
+    assert np.array_equal(totals.floats, sum(dep.ups[i].double() for i in range(1, n)).numpy())
+    assert list(totals.params["rejected"]) == [0]
+    assert f"its shares to client/{cheated} did not open" in totals.params["rejected"][0]
+
+
+def test_dealer_whose_masking_key_cannot_be_recovered_is_named(monkeypatch):
+    """client/0 cheats holders 1-3: holders 4 and 5 masked with it, and two sound shares of its masking key are fewer
+    than t = 4: the round cannot remove their masks, and the DropoutError names the cheater."""
+    dep = Deployment(n=6, m=6, threshold=4)
+    _false_commitments(monkeypatch, dep, 0, {1, 2, 3})
+    with pytest.raises(DropoutError, match=r"client 0 has fewer than t=4 live share holders at masked_input; client/0 "
+                                           r"was excluded: masked_input: its shares to client/1, client/2, client/3"):
+        Round(dep).finish()
+
+
+def test_a_holder_reporting_several_honest_dealers_is_left_out_alone(monkeypatch):
+    """Client 1 lies: it reports honest dealers 0 and 2 (and leaves them out of its masks, as its report says). The
+    server cannot tell a lying holder from cheating dealers, and leaves out one end of each report, the client in
+    the most first: client 1 alone. A lying client cannot get its neighbours left out wholesale."""
+    dep = Deployment(n=8, m=6, threshold=5)
+    honest = dep.clients[1]._open_shares
+    monkeypatch.setattr(dep.clients[1], "_open_shares", lambda key, digest, prefix, v, entry: None if v in (0, 2)
+                        else honest(key, digest, prefix, v, entry))
+    r = Round(dep)
+    totals = r.finish()
+    inc = [0, *range(2, 8)]
+    assert totals.included == inc
+    assert np.array_equal(totals.floats, sum(dep.ups[i].double() for i in inc).numpy())
+    assert totals.params["rejected"] == {1: "masked_input: it reported client/0, client/2 for shares that did not "
+                                            "open or match (one end of every report is left out, the client in the "
+                                            "most reports first)"}
+
+
+def test_reports_give_a_server_nothing_more():
+    """The server alters client 0's entry to holder 1 (so 1 reports 0): holder 1 then refuses to sign a list that
+    names 0 a survivor and to reveal a key share of 0, and in the honest rest of the round no holder reveals any
+    share of 0's self-mask seed (0's input is left out): reports never make a client reveal more. A report naming a
+    dealer whose shares the holder was never sent is refused."""
+    r = Round(Deployment(n=6, m=6, threshold=4))
+    f = Forge(r.dep, r.session, r.round)
+    r.run_to(Stage.MASKED_INPUT)
+    bad = bytearray(r.inbox[1])
+    bad[wire.PARTY_HEADER_SIZE + 9 + 4 * 5 + 2 * msg.DIGEST + 20] ^= 1  # a ciphertext byte of 0's entry
+    r.inbox[1] = bytes(bad)
+    replies = r.answer()
+    forged = wire.Channel(cid(2), r.session, r.round).write(Kind.SECAGG_MASKED_INPUT, wire.SERVER).array(
+        f.masked(replies[2], 2)).array(np.array([2], np.uint32)).finish()
+    with pytest.raises(ProtocolError, match="client/2 reports clients whose shares were never forwarded to it"):
+        copy.deepcopy(r.server).step({cid(i): m for i, m in (replies | {2: forged}).items()})
+    r.deliver(replies)
+    assert list(r.server.state.rejected) == [0]
+    with pytest.raises(ProtocolError, match="client/1: survivor list names a survivor that never sent it sound shares"):
+        copy.deepcopy(r.dep.clients[1]).handle(f.survivors(1, range(6)), r.dep.update(1))
+    sigs = {i: body(m) for i, m in r.answer().items()}  # the honest list: 0 left out
+    with pytest.raises(ProtocolError, match="client/1: server asks for key shares this client does not hold"):
+        copy.deepcopy(r.dep.clients[1]).handle(f.request(1, range(1, 6), [1, 2, 3, 4], sigs, dropped=[0]))
+    r.deliver({i: r.replies[Stage.CONSISTENCY_CHECK][i] for i in range(1, 6)})
+    reveals = {i: f.revealed(i, m) for i, m in r.answer().items()}
+    assert not any(0 in b_shares for b_shares, _ in reveals.values())
+    assert 0 not in reveals[1][1] and all(0 in reveals[i][1] for i in range(2, 6))
+    r.deliver(r.replies[Stage.UNMASKING])
+    assert np.array_equal(r.server.result().floats, sum(r.dep.ups[i].double() for i in range(1, 6)).numpy())
+
+
+# ------------------------------------------------------------------------------------------------
+# A malicious client advertises a small-order or repeated X25519 key (every peer's agreement would fail)
+
+
+_P25519, _A25519 = 2**255 - 19, 486662
+
+
+def _poly_mod(a: list[int], m: list[int]) -> list[int]:
+    """a mod m over GF(p), coefficients lowest first, m monic."""
+    a = [x % _P25519 for x in a]
+    while len(a) >= len(m):
+        c, shift = a[-1], len(a) - len(m)
+        for i, x in enumerate(m):
+            a[shift + i] = (a[shift + i] - c * x) % _P25519
+        a.pop()
+    while a and not a[-1]:
+        a.pop()
+    return a
+
+
+def _poly_mul(a: list[int], b: list[int]) -> list[int]:
+    out = [0] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] = (out[i + j] + x * y) % _P25519
+    return out
+
+
+def _monic(a: list[int]) -> list[int]:
+    inv = pow(a[-1], -1, _P25519)
+    return [x * inv % _P25519 for x in a]
+
+
+def _roots_in_field(f: list[int]) -> int:
+    """How many distinct roots the polynomial f has in GF(p): the degree of gcd(f, x^p - x)."""
+    f = _monic(f)
+    power, base, e = [1], [0, 1], _P25519  # x^p mod f by square and multiply
+    while e:
+        if e & 1:
+            power = _poly_mod(_poly_mul(power, base), f)
+        base, e = _poly_mod(_poly_mul(base, base), f), e >> 1
+    diff = power + [0] * (2 - len(power))
+    diff[1] -= 1  # x^p - x mod f
+    a, b = f, _poly_mod(diff, f)
+    while b:
+        a, b = b, _poly_mod(a, _monic(b))
+    return len(a) - 1
+
+
+def test_small_order_list_is_every_x25519_point_of_order_dividing_8():
+    """Independent of the list's source: the u with [8]P = O on Curve25519 or its twist are the roots of
+    u (u^2 + A u + 1) (u^2 - 1) ((u^2 - 1)^2 - 4u(u^2 + A u + 1)) ((u^2 - 1)^2 + 4u(u^2 + A u + 1)) (x-only doubling:
+    2P is O, of u 0, or of u +-1); it has exactly five in GF(p), the list's canonical values, and of the other
+    encodings below 2^255 (p ... p + 18, i.e. 0 ... 18) only p and p + 1 are of small order."""
+    q = [1, _A25519, 1]  # u^2 + A u + 1
+    sq = _poly_mul([-1, 0, 1], [-1, 0, 1])  # (u^2 - 1)^2
+    four_u_q = _poly_mul([0, 4], q)
+    factors = [[0, 1], q, [-1, 0, 1], [a - b for a, b in zip(sq, [*four_u_q, 0], strict=True)],
+               [a + b for a, b in zip(sq, [*four_u_q, 0], strict=True)]]
+    f = [1]
+    for g in factors:
+        f = _poly_mul(f, g)
+
+    def value(u: int) -> int:
+        return sum(c * pow(u, i, _P25519) for i, c in enumerate(f)) % _P25519
+
+    listed = {int.from_bytes(k, "little") for k in crypto_primitives.SMALL_ORDER_X25519}
+    canonical = {u for u in listed if u < _P25519}
+    assert len(listed) == 7 and len(canonical) == 5 and all(value(u) == 0 for u in canonical)
+    assert _roots_in_field(f) == 5
+    assert listed - canonical == {_P25519 + u for u in range(19) if value(u) == 0} == {_P25519, _P25519 + 1}
+
+
+def test_small_order_keys_fail_key_agreement_and_are_refused_without_one():
+    """Each listed key, with the top bit clear or set: `cryptography`'s exchange fails (the all-zero secret), and
+    check_x25519_public refuses it by comparison; random keys, their top-bit twins and random keys that begin like a
+    listed one pass both."""
+    sk = X25519PrivateKey.generate()
+    for key in crypto_primitives.SMALL_ORDER_X25519:
+        for raw in (key, key[:31] + bytes([key[31] | 0x80])):
+            with pytest.raises(ValueError):
+                sk.exchange(X25519PublicKey.from_public_bytes(raw))
+            with pytest.raises(ProtocolError, match="client/7's key: X25519 public key of small order"):
+                crypto_primitives.check_x25519_public(raw, "client/7's key")
+    for j in range(100):
+        raw = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        near = LOW_ORDER[j % len(LOW_ORDER)][:1] + raw[1:]  # the first byte of a listed key: compared in full
+        for key in (raw, raw[:31] + bytes([raw[31] | 0x80]), near):
+            crypto_primitives.check_x25519_public(key, "random")
+            assert len(sk.exchange(X25519PublicKey.from_public_bytes(key))) == 32
+    for junk in (b"", bytes(31), bytes(33), "x" * 32):
+        with pytest.raises(ProtocolError, match="is 32 bytes"):
+            crypto_primitives.check_x25519_public(junk, "junk")
+
+
+LOW_ORDER = sorted(crypto_primitives.SMALL_ORDER_X25519)
+
+
+def _resigned(dep: Deployment, r: Round, i: int, record: bytes) -> bytes:
+    """Client i's key reply with `record` (keys and commitment) in place of its own, signed with its identity key."""
+    sig = dep.ids[cid(i)].sign(msg.record_message(r.server.digest, i, record))
+    return wire.Channel(cid(i), r.session, r.round).write(Kind.SECAGG_KEYS, wire.SERVER).raw(record + sig).finish()
+
+
+@pytest.mark.parametrize("attack", ["small-order encryption key", "small-order masking key",
+                                    "top-bit small-order masking key", "one key twice", "another's masking key"])
+def test_a_client_advertising_a_bad_key_is_excluded_and_named(attack):
+    """Client 3 signs a record its peers would all refuse: the server excludes it at advertise_keys (and, for a
+    masking key it shares with client 2, both: it cannot tell which copied) and names it; the round is exact
+    without it."""
+    dep = Deployment(n=6, m=6, threshold=4)
+    r = Round(dep)
+    replies = r.answer()
+    rec = bytearray(body(replies[3])[: msg.KEYS])
+    if attack == "small-order encryption key":
+        rec[: msg.KEY] = LOW_ORDER[3]
+    elif attack == "small-order masking key":
+        rec[msg.KEY : 2 * msg.KEY] = LOW_ORDER[4]
+    elif attack == "top-bit small-order masking key":
+        rec[msg.KEY : 2 * msg.KEY] = LOW_ORDER[0][:31] + b"\x80"
+    elif attack == "one key twice":
+        rec[msg.KEY : 2 * msg.KEY] = rec[: msg.KEY]
+    else:
+        rec[msg.KEY : 2 * msg.KEY] = body(replies[2])[msg.KEY : 2 * msg.KEY]
+    replies[3] = _resigned(dep, r, 3, bytes(rec))
+    r.deliver(replies)
+    out = [2, 3] if attack == "another's masking key" else [3]
+    assert sorted(r.inbox) == [i for i in range(6) if i not in out]
+    totals = r.finish()
+    inc = [i for i in range(6) if i not in out]
+    assert totals.included == inc
+    assert np.array_equal(totals.floats, sum(dep.ups[i].double() for i in inc).numpy())
+    assert list(totals.params["rejected"]) == out
+    assert all(why.startswith("advertise_keys: ") for why in totals.params["rejected"].values())
+
+
+def test_a_bad_key_that_leaves_too_few_clients_is_named():
+    dep = Deployment(n=4, m=6, threshold=4)
+    r = Round(dep)
+    replies = r.answer()
+    replies[1] = _resigned(dep, r, 1, LOW_ORDER[2] + body(replies[1])[msg.KEY : msg.KEYS])
+    with pytest.raises(DropoutError, match="fewer than t=4 clients left at advertise_keys; client/1 was excluded: "
+                                           "advertise_keys: encryption key: X25519 public key of small order"):
+        r.deliver(replies)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_client_refuses_a_small_order_key_a_server_relays(which):
+    """A malicious server relays corrupt client 2's correctly signed record with a small-order key anyway: the
+    client refuses it at share_keys (before any share or mask), naming client 2."""
+    dep, f = fed(n=6, t=4)
+    records = {i: body(dep.answer(i, f.setup(i))) for i in range(6)}
+    rec = bytearray(records[2][: msg.KEYS])
+    rec[which * msg.KEY : (which + 1) * msg.KEY] = LOW_ORDER[1]
+    records[2] = bytes(rec) + dep.ids[cid(2)].sign(msg.record_message(f.digest(), 2, bytes(rec)))
+    kind = ("encryption", "masking")[which]
+    with pytest.raises(ProtocolError, match=f"client/0: {kind} key of client/2 as relayed by the server: X25519 "
+                                            "public key of small order"):
+        dep.answer(0, f.key_list(0, range(1, 6), records))
 
 
 def test_a_client_must_hold_its_pinned_identity():

@@ -26,6 +26,7 @@ from securefl.wire import Kind
 from tests.conftest import state_updates
 from tests.reference import assert_close
 from tests.secagg_parties import Deployment, Forge, Round, body, cid
+from tests.test_attacks_secagg import reported
 
 WEIGHTS = [3, 1, 4, 1, 5, 9, 2, 6]
 
@@ -348,6 +349,7 @@ BAD_FIELDS = {
 
 
 @pytest.mark.parametrize("field,value", [*BAD_FIELDS.items(), ("stage", "masked"), ("stage", "advertise_keys"),
+                                         ("stage", ["unmasking"]), ("stage", {"unmasking": 1}), ("stage", 4),
                                          ("extra", "AA==")])
 def test_saved_state_with_a_wrong_field_is_refused(field, value):
     dep, saved = _states()[True, Stage.UNMASKING]
@@ -483,13 +485,23 @@ def test_key_list_too_small_is_refused():
         r.dep.answer(0, _forge(r).key_list(0, [1, 2], records))
 
 
-def test_tampered_share_ciphertext_is_refused():
+def test_tampered_share_ciphertext_is_reported_and_the_round_goes_on():
+    """A share entry altered on the way does not open: the holder keeps no share of that dealer and no mask with it,
+    reports it after its masked input, and the round ends exactly without the dealer (whose masks with the other
+    survivors the server removes with its recovered key)."""
     r = Round(Deployment(n=5, threshold=3))
     r.run_to(Stage.MASKED_INPUT)
     bad = bytearray(r.inbox[1])
-    bad[-5] ^= 0x40
-    with pytest.raises(ProtocolError, match="authentication failed"):
-        r.dep.answer(1, bytes(bad))
+    bad[-5] ^= 0x40  # in the last sender's (client 4's) ciphertext
+    r.inbox[1] = bytes(bad)
+    replies = r.answer()
+    assert reported(_forge(r), replies[1], 1) == [4] and reported(_forge(r), replies[2], 2) == []
+    assert r.dep.secrets(1).senders.tolist() == [0, 2, 3]
+    r.deliver(replies)
+    totals = r.finish()
+    exact_sum(r, totals, [0, 1, 2, 3])
+    assert list(totals.params["rejected"]) == [4] and "its shares to client/1 did not open" in totals.params[
+        "rejected"][4]
 
 
 def test_setup_with_another_threshold_or_graph_is_refused():

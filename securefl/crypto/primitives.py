@@ -42,6 +42,30 @@ def x25519_keypair() -> tuple[X25519PrivateKey, bytes]:
     return sk, sk.public_key().public_bytes_raw()
 
 
+# The X25519 public keys of small order, as RFC 7748 (section 7) asks a protocol to refuse and libsodium's
+# crypto_scalarmult_curve25519 does (its has_small_order blacklist, which this list repeats): the u-coordinates of the
+# points of order 1, 2, 4 and 8 on Curve25519 and its twist -- 0, 1, p - 1 and the two of order 8 (each doubles to
+# u = 1) -- and p, p + 1, non-canonical encodings of 0 and 1 (any other value >= p reduces to one of 2 ... 18).
+# Little-endian, top bit clear: X25519 ignores that bit (RFC 7748 section 5), so a key is compared with it masked.
+# Against each of them every exchange gives the all-zero secret, which `cryptography` refuses with ValueError; the
+# tests check that, and that no other u in GF(p) has order dividing 8.
+_P25519 = 2**255 - 19
+_ORDER_8 = (0x00B8495F16056286FDB1329CEB8D09DA6AC49FF1FAE35616AEB8413B7C7AEBE0,
+            0x57119FD0DD4E22D8868E1C58C45C44045BEF839C55B1D0B1248C50A3BC959C5F)
+SMALL_ORDER_X25519 = frozenset(u.to_bytes(PUBLIC_KEY_BYTES, "little")
+                               for u in (0, 1, _P25519 - 1, *_ORDER_8, _P25519, _P25519 + 1))
+_SMALL_ORDER_FIRST = frozenset(k[0] for k in SMALL_ORDER_X25519)  # a fast first test: 7 of 256 first bytes
+
+
+def check_x25519_public(raw: bytes, who: str) -> None:
+    """ProtocolError naming `who` unless `raw` is 32 bytes and not a small-order point (SMALL_ORDER_X25519, top bit
+    masked). Byte comparisons only: a party can refuse a peer's advertised key without an exchange of its own."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != PUBLIC_KEY_BYTES:
+        raise ProtocolError(f"{who}: an X25519 public key is {PUBLIC_KEY_BYTES} bytes")
+    if raw[0] in _SMALL_ORDER_FIRST and bytes(raw[:-1]) + bytes((raw[-1] & 0x7F,)) in SMALL_ORDER_X25519:
+        raise ProtocolError(f"{who}: X25519 public key of small order (every key agreement with it gives zero)")
+
+
 def load_x25519_public(raw: bytes, who: str) -> X25519PublicKey:
     try:
         return X25519PublicKey.from_public_bytes(raw)

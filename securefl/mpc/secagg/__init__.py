@@ -31,13 +31,20 @@ showing one group of honest holders a survivor list where u survived (they revea
 one where u dropped (they reveal u's masking key), the colluders signing both (Bonawitz et al.'s
 active bound t > (h + c) / 2). An honest-but-curious server needs t colluding holders.
 
-Cheating clients. A dealer commits to each share it sends (SHA-256 of the share and a 16-byte nonce,
+Cheating clients are named, and one cannot end a round for everyone. The server refuses a key
+record with a small-order X25519 key (crypto.primitives.check_x25519_public, byte comparisons) or a
+repeated key at advertise_keys, as each client does with the records relayed to it, and leaves its
+advertiser out. A dealer commits to each share it sends (SHA-256 of the share and a 16-byte nonce,
 in the clear to the server; the nonce travels in the ciphertext, and the commitments are in its
-associated data). The holder checks the commitment when it decrypts (a mismatch names the dealer).
-The server checks every reconstructed secret against its owner's record and, only when one fails,
-that secret's shares against their commitments (securefl.mpc.secagg.unmask). Sums assume that
-clients encode honestly: a client can add any ring vector to its input undetected (input validity
-is future work).
+associated data). A holder whose entry from a dealer does not open or fails its commitments keeps
+no share of that dealer and no mask with it, and reports it with its masked input (no more than a
+server gets by not forwarding the entry: the holder still needs t holders with sound shares); the
+server leaves out one end of every report, treated as dropped after share_keys (see
+securefl.mpc.secagg.server). Left-out clients are in the report's params["rejected"] and in any
+DropoutError. The server checks every reconstructed secret against its owner's record and, only when
+one fails, that secret's shares against their commitments (securefl.mpc.secagg.unmask). Sums assume
+that clients encode honestly: a client can add any ring vector to its input undetected (input
+validity is future work).
 
 Stages (`Stage`; each client drops at one of them and sends nothing from there on), with their
 message kinds (wire.Kind.SECAGG_*):
@@ -46,8 +53,8 @@ message kinds (wire.Kind.SECAGG_*):
                      client -> KEYS: two X25519 keys and the b_u commitment, signed
   share_keys         server -> PEER_KEYS: neighbours' signed keys; client -> SHARES: per neighbour two
                      share commitments and the AES-GCM-encrypted shares
-  masked_input       server -> SHARE_BUNDLE: the shares addressed to u; client -> MASKED_INPUT: y_u
-                     (the client asks for its update here)
+  masked_input       server -> SHARE_BUNDLE: the shares addressed to u; client -> MASKED_INPUT: y_u,
+                     then the dealers whose shares failed (the client asks for its update here)
   consistency_check  server -> SURVIVORS: survivor bitmap; client -> SURVIVOR_SIGNATURE
   unmasking          server -> UNMASK_REQUEST: bitmap, holders' signatures, peers to unmask;
                      client -> REVEAL: b- or key-shares with their commitment nonces

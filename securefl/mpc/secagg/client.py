@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from securefl import crypto
 from securefl.crypto import shamir
 from securefl.crypto.prg import Expander
+from securefl.crypto.primitives import check_x25519_public
 from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
 from securefl.keys import Identity
@@ -136,6 +137,8 @@ class Client(Party):
                 self.config.directory.verify(PartyId.client(v), rec[KEYS:], msg.record_message(digest, v, rec[:KEYS]),
                                              f"{me}: key record of client {v} as relayed by the server")
                 hashes.append(msg.record_hash(rec[:KEYS]))
+            check_x25519_public(c_pk, f"{me}: encryption key of client/{v} as relayed by the server")
+            check_x25519_public(s_pk, f"{me}: masking key of client/{v} as relayed by the server")
             if c_pk == s_pk or s_pk in seen:
                 raise ProtocolError(f"{me}: client {v} reuses a public key")
             seen.add(s_pk)
@@ -165,41 +168,38 @@ class Client(Party):
         return ch.write(REPLY[Stage.SHARE_KEYS], SERVER).array(msg.ids(peers)).raw(b"".join(entries))
 
     def _masked_input(self, r: Reader, rnd: ClientRound, ch: Channel, update: UpdateSource | None) -> Writer:
-        """Open and check the shares sent to this client; upload y_u = x_u + PRG(b_u) +/- pairwise masks."""
+        """Open and check the shares sent to this client; upload y_u = x_u + PRG(b_u) +/- the pairwise masks with
+        every sender whose shares are sound, and name the others.
+
+        A sender whose entry does not open (altered on the way, or sealed so by its dealer), names other parties,
+        fails its commitments or leaves the field is left out -- no mask with it, no share of it kept -- and
+        reported after y_u: the server then leaves that dealer out of the sum (it cannot end the round for
+        everyone). This is what a server could already do by not forwarding the entry, and the same checks hold:
+        t holders with sound shares, at most one share revealed per peer, none of a reported one."""
         me, p, u = str(self.id), self.policy, self.index
         senders = msg.read_ids(r, p.n)
         block = r.raw(senders.size * SHARE_ENTRY)
         r.end()
         if not msg.members(senders, rnd.peers).all():
             raise ProtocolError(f"{me}: share bundle holds shares from clients whose keys it never got")
-        if senders.size + 1 < p.t:
-            raise ProtocolError(f"{me}: only {senders.size + 1} share holders, fewer than t={p.t}")
         if update is None:
             raise ProtocolError(f"{me}: asked for its input, but no update was supplied")
         digest = self._digest(rnd)
         prefix = msg.commit_prefix(digest)
         at = np.searchsorted(rnd.peers, senders)
-        received = []  # per sender: its share of b, then of its masking key
-        nonces = np.empty((senders.size, 2, NONCE), np.uint8)
-        for j, v in enumerate(senders.tolist()):
-            entry = block[j * SHARE_ENTRY : (j + 1) * SHARE_ENTRY]
-            commitments, ct = entry[: 2 * DIGEST], entry[2 * DIGEST :]
-            pt = crypto.open_sealed(rnd.enc_keys[at[j]].tobytes(), ct, msg.share_aad(digest, v, u, commitments),
-                                    f"{me}: share from client {v} (altered by the server, or sent so by client/{v})")
-            if pt[:8] != msg.PAIR_IDS.pack(v, u):
-                raise ProtocolError(f"{me}: client/{v} sent a share that names other parties")
-            b_share, k_share = pt[8 : 8 + SHARE_BYTES], pt[8 + SHARE_BYTES : 8 + 2 * SHARE_BYTES]
-            nb, nk = pt[8 + 2 * SHARE_BYTES : 8 + 2 * SHARE_BYTES + NONCE], pt[8 + 2 * SHARE_BYTES + NONCE :]
-            if (msg.share_commitment(prefix, v, u, ShareKind.SELF_MASK, b_share, nb) != commitments[:DIGEST]
-                    or msg.share_commitment(prefix, v, u, ShareKind.MASKING_KEY, k_share, nk) != commitments[DIGEST:]):
-                raise ProtocolError(f"{me}: client/{v} dealt a share that does not match its own commitment")
-            received.append(pt[8 : 8 + 2 * SHARE_BYTES])
-            nonces[j, 0], nonces[j, 1] = np.frombuffer(nb, np.uint8), np.frombuffer(nk, np.uint8)
-        rows = np.frombuffer(b"".join(received), "<u8").reshape(senders.size, 2 * E).astype(np.uint64)
-        outside = (rows >= np.uint64(shamir.P)).any(axis=1)
-        if outside.any():
-            bad = senders[np.argmax(outside)]
-            raise ProtocolError(f"{me}: share from client/{bad}: share element outside the field")
+        opened = [self._open_shares(rnd.enc_keys[at[j]].tobytes(), digest, prefix, v,
+                                    block[j * SHARE_ENTRY : (j + 1) * SHARE_ENTRY])
+                  for j, v in enumerate(senders.tolist())]
+        empty = bytes(2 * SHARE_BYTES + 2 * NONCE)  # in place of an entry that failed, until it is dropped below
+        table = np.frombuffer(b"".join(o or empty for o in opened), np.uint8).reshape(senders.size, len(empty))
+        rows = table[:, : 2 * SHARE_BYTES].copy().view("<u8").astype(np.uint64)  # its share of b, then of its key
+        sound = np.array([o is not None for o in opened], bool).reshape(-1) & (rows < np.uint64(shamir.P)).all(axis=1)
+        if sound.sum() + 1 < p.t:
+            bad = "".join(f", client/{v}'s failed its checks" for v in senders[~sound].tolist())
+            raise ProtocolError(f"{me}: only {sound.sum() + 1} share holders, fewer than t={p.t} "
+                                f"({senders.size} senders{bad})")
+        rows, nonces = rows[sound], table[sound, 2 * SHARE_BYTES :].reshape(-1, 2, NONCE)
+        reported, senders, at = senders[~sound], senders[sound], at[sound]
         vec, self.clipped = self.codec.encode(u, *update())
         s_sk = X25519PrivateKey.from_private_bytes(rnd.s_sk)
         add, sub = [msg.self_mask_key(rnd.b, rnd.session, u)], []
@@ -209,7 +209,25 @@ class Client(Party):
         Expander(vec.size, vec.dtype).apply(vec, add, sub)
         rnd.s_sk = rnd.b = rnd.enc_keys = rnd.peer_s_pk = None
         rnd.senders, rnd.rows, rnd.nonces = senders, rows, nonces
-        return ch.write(REPLY[Stage.MASKED_INPUT], SERVER).array(vec)
+        return ch.write(REPLY[Stage.MASKED_INPUT], SERVER).array(vec).array(msg.ids(reported))
+
+    def _open_shares(self, key: bytes, digest: bytes, prefix: bytes, v: int, entry: bytes) -> bytes | None:
+        """The shares client v dealt this client and their nonces (b-share, key share, their two nonces), or None
+        when its entry does not open, names other parties or fails its commitments."""
+        u = self.index
+        commitments, ct = entry[: 2 * DIGEST], entry[2 * DIGEST :]
+        try:
+            pt = crypto.open_sealed(key, ct, msg.share_aad(digest, v, u, commitments), f"share from client/{v}")
+        except ProtocolError:
+            return None
+        body = pt[8:]
+        b_share, k_share = body[:SHARE_BYTES], body[SHARE_BYTES : 2 * SHARE_BYTES]
+        nb, nk = body[2 * SHARE_BYTES : 2 * SHARE_BYTES + NONCE], body[2 * SHARE_BYTES + NONCE :]
+        if (pt[:8] != msg.PAIR_IDS.pack(v, u)
+                or msg.share_commitment(prefix, v, u, ShareKind.SELF_MASK, b_share, nb) != commitments[:DIGEST]
+                or msg.share_commitment(prefix, v, u, ShareKind.MASKING_KEY, k_share, nk) != commitments[DIGEST:]):
+            return None
+        return body
 
     def _check_survivors(self, rnd: ClientRound, alive: np.ndarray, what: str) -> None:
         me, p = str(self.id), self.policy
@@ -217,7 +235,7 @@ class Client(Party):
             raise ProtocolError(f"{me}: {what} omits this client, which sent its input")
         nb_alive = self._nbrs[alive[self._nbrs]]
         if not msg.members(nb_alive, rnd.senders).all():
-            raise ProtocolError(f"{me}: {what} names a survivor that never sent it shares")
+            raise ProtocolError(f"{me}: {what} names a survivor that never sent it sound shares")
         if nb_alive.size + 1 < p.t:
             raise ProtocolError(f"{me}: {what} leaves {nb_alive.size + 1} holders, fewer than t={p.t}")
         if alive.sum() < p.min_batch:
@@ -251,7 +269,8 @@ class Client(Party):
         if both.size:
             raise ProtocolError(f"{me}: server asks for both shares of client {both[0]}, which survived")
         if not msg.members(dropped, rnd.senders).all():
-            raise ProtocolError(f"{me}: server asks for key shares this client does not hold")
+            raise ProtocolError(f"{me}: server asks for key shares this client does not hold (of a client that sent "
+                                "it none, or none that were sound)")
         own = np.frombuffer(rnd.own_share, "<u8")
         b_sel = alive[rnd.senders]
         b_ids = np.append(rnd.senders[b_sel], u)

@@ -8,6 +8,18 @@ fewer inputs than the minimum batch, raises DropoutError; a reply that is malfor
 that was not asked, or that reveals a share it must not, raises ProtocolError naming the client.
 Key records and survivor-list signatures are checked by the clients they are relayed to, which
 name their signer; the server relays them unchecked (their checks would cost it 10% more).
+
+A cheating client is left out and named (ServerState.rejected, report params "rejected"), so that
+it cannot end a round for everyone: at advertise_keys, a client whose record has a small-order
+X25519 key or repeats a key (byte comparisons: crypto.primitives.check_x25519_public; its peers
+would all refuse it); at masked_input, one end of every report a holder makes of a dealer (its
+shares did not open or did not match their commitments, and the holder left it out of its masks;
+see `_settle` for which end). A left-out client is treated as dropped after share_keys: its input
+is not in the sum, and its masking key is recovered from the holders that did not report it, when
+any of them masked with it (fewer than t such holders: DropoutError naming it). A report changes
+only what the server asks for, within what a client already refuses (see
+securefl.mpc.secagg.client), so it gives a server nothing it could not get by dropping a client.
+A lying holder, alone, can get one honest dealer left out of a round (as a cheating dealer is), no more.
 """
 
 from __future__ import annotations
@@ -20,10 +32,11 @@ import numpy as np
 
 from securefl.crypto import shamir
 from securefl.crypto.prg import Expander
+from securefl.crypto.primitives import check_x25519_public
 from securefl.encoding import RoundCodec
 from securefl.errors import DropoutError, InputError, ProtocolError
 from securefl.mpc.secagg import messages as msg
-from securefl.mpc.secagg.messages import REVEAL_ROW, SHARE_BYTES, SHARE_ENTRY, SIG, E
+from securefl.mpc.secagg.messages import KEY, REVEAL_ROW, SHARE_BYTES, SHARE_ENTRY, SIG, E
 from securefl.mpc.secagg.params import INPUT_STAGE, REPLY, REQUEST, SETUP, Policy, ShareKind, Stage, colluders_needed
 from securefl.mpc.secagg.unmask import Revealed, recover, strip_masks
 from securefl.protocol import Coordinator, Totals
@@ -45,7 +58,10 @@ class ServerState:
     edges: np.ndarray | None = None  # holder * n + dealer of every forwarded share, sorted
     commitments: np.ndarray | None = None  # (edges, SHARE_ENTRY): commitments and ciphertext of each, for blame
     survivors: np.ndarray | None = None  # clients whose masked input is in the sum
-    gone: np.ndarray | None = None  # clients that dropped after sharing, with a surviving neighbour: keys needed
+    gone: np.ndarray | None = None  # clients that dropped after sharing, with a surviving neighbour that masked with
+    # them: keys needed
+    reports: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (holder, dealer) per report
+    rejected: dict[int, str] = field(default_factory=dict)  # clients excluded for cheating, and why
     bitmap: bytes = b""  # the survivor bitmap
     total: np.ndarray | None = None  # the sum of the masked inputs
     unmasked: np.ndarray | None = None  # that sum with every mask removed: the round's ring sum
@@ -125,7 +141,8 @@ class Server(Coordinator):
         return {"graph": "complete" if p.graph.complete else "harary", "neighbors": p.k, "threshold": p.t,
                 "share_holders": p.k + 1, "colluders_needed": colluders_needed(p.k + 1, p.t), "min_batch": p.min_batch,
                 "consistency_check": p.consistency_check, "signed_keys": p.signed_keys,
-                "ring_bits": self.codec.fixed.ring_bits, "field": "GF(2^61 - 1)", "prg": "AES-128-CTR"}
+                "ring_bits": self.codec.fixed.ring_bits, "field": "GF(2^61 - 1)", "prg": "AES-128-CTR",
+                "rejected": dict(sorted(self.state.rejected.items()))}
 
     # ------------------------------------------------------------------ helpers
 
@@ -150,10 +167,21 @@ class Server(Coordinator):
         return sorted(out, key=lambda x: x[0])
 
     def _live_holders(self, alive: np.ndarray) -> np.ndarray:
-        """Per client: how many of its share holders (itself included) are alive."""
+        """Per client: how many of its share holders (itself included) are alive and did not report it (a holder
+        that reported a dealer holds no share of it, and left it out of its masks)."""
         if self.policy.graph.complete:
-            return np.full(self.policy.n, int(alive.sum()))
-        return alive[self.policy.graph.nbrs].sum(axis=1) + alive
+            live = np.full(self.policy.n, int(alive.sum()))
+        else:
+            live = alive[self.policy.graph.nbrs].sum(axis=1) + alive
+        rep = self.state.reports
+        if rep.size:
+            live = live - np.bincount(rep[alive[rep[:, 0]], 1], minlength=self.policy.n)
+        return live
+
+    def _named(self) -> str:
+        """The clients excluded for cheating, for an error message ('' when none)."""
+        r = self.state.rejected
+        return "".join(f"; client/{u} was excluded: {why}" for u, why in sorted(r.items()))
 
     def _prune(self, alive: np.ndarray, stage: Stage) -> np.ndarray:
         """Drop clients with fewer than t live holders (their secrets could not be recovered) until stable."""
@@ -164,7 +192,7 @@ class Server(Coordinator):
                 break
             alive &= ~weak
         if not alive.any():
-            raise DropoutError(f"secagg: fewer than t={self.policy.t} clients left at {stage.label}")
+            raise DropoutError(f"secagg: fewer than t={self.policy.t} clients left at {stage.label}{self._named()}")
         return alive
 
     def _require(self, alive: np.ndarray, stage: Stage) -> None:
@@ -173,7 +201,7 @@ class Server(Coordinator):
         if short.any():
             u = int(np.flatnonzero(short)[0])
             raise DropoutError(f"secagg: client {u} has fewer than t={self.policy.t} live share holders at "
-                               f"{stage.label}")
+                               f"{stage.label}{self._named()}")
 
     def _replied(self, readers: list[tuple[int, Reader]]) -> np.ndarray:
         mask = np.zeros(self.policy.n, bool)
@@ -186,10 +214,25 @@ class Server(Coordinator):
         """Collect (signed) keys; send each client its live neighbours' keys (each checks their signatures)."""
         s, size = self.state, self.policy.record_bytes
         s.records = np.zeros((self.policy.n, size), np.uint8)
+        owner: dict[bytes, int] = {}  # masking key -> the client that advertised it
         for u, r in readers:
-            s.records[u] = np.frombuffer(r.raw(size), np.uint8)  # its signature: checked by its peers
+            record = r.raw(size)  # its signature: checked by its peers
             r.end()
-        s.keyed = keyed = self._prune(self._replied(readers), Stage.ADVERTISE_KEYS)
+            s.records[u] = np.frombuffer(record, np.uint8)
+            c_pk, s_pk = record[:KEY], record[KEY : 2 * KEY]
+            try:
+                check_x25519_public(c_pk, "encryption key")
+                check_x25519_public(s_pk, "masking key")
+            except ProtocolError as e:
+                s.rejected[u] = f"advertise_keys: {e}"
+            if c_pk == s_pk:
+                s.rejected[u] = "advertise_keys: one key for encryption and masking"
+            other = owner.setdefault(s_pk, u)
+            if other != u:
+                s.rejected[u] = s.rejected[other] = f"advertise_keys: client/{other} and client/{u} share a masking key"
+        replied = self._replied(readers)
+        replied[list(s.rejected)] = False
+        s.keyed = keyed = self._prune(replied, Stage.ADVERTISE_KEYS)
 
         def body(w: Writer, u: int) -> Writer:
             peers = self.policy.graph.neighbors(u)
@@ -230,24 +273,59 @@ class Server(Coordinator):
         return self._send(Stage.MASKED_INPUT, shared, body)
 
     def _masked_input(self, readers: list[tuple[int, Reader]]) -> dict[PartyId, bytes]:
-        """Add the masked inputs; announce who survived (or ask for shares when the check is off)."""
+        """Take the masked inputs and the dealers each holder reports; add the inputs of the clients nobody reported;
+        announce who survived (or ask for shares when the check is off)."""
         s, p = self.state, self.policy
-        s.total = np.zeros(self.codec.length, self.codec.fixed.dtype)
-        for _, r in readers:
-            y = r.array(self.codec.fixed.dtype, self.codec.length)
+        inputs, reports = [], []
+        for u, r in readers:
+            inputs.append((u, r.array(self.codec.fixed.dtype, self.codec.length)))
+            reported = msg.read_ids(r, p.n)
             r.end()
-            s.total += y
+            if reported.size:
+                codes = u * p.n + reported
+                at = np.minimum(np.searchsorted(s.edges, codes), max(s.edges.size - 1, 0))
+                if not s.edges.size or (s.edges[at] != codes).any():
+                    raise ProtocolError(f"server: client/{u} reports clients whose shares were never forwarded to it")
+                reports.append(np.stack([np.full(reported.size, u), reported], axis=1))
         s.survivors = self._replied(readers)
+        if reports:
+            s.reports = np.concatenate(reports)
+            s.survivors &= ~self._settle(s.reports)
+        s.total = np.zeros(self.codec.length, self.codec.fixed.dtype)
+        for u, y in inputs:
+            if s.survivors[u]:
+                s.total += y
         if s.survivors.sum() < p.min_batch:
             raise DropoutError(f"secagg: {s.survivors.sum()} masked inputs arrived, fewer than the minimum batch of "
-                               f"{p.min_batch}")
-        gone = s.shared & ~s.survivors
-        s.gone = gone & (s.survivors[p.graph.nbrs].any(axis=1) if not p.graph.complete else True)
+                               f"{p.min_batch}{self._named()}")
+        # a client gone after sharing whose masks some survivor added (a holder that reported it added none)
+        s.gone = s.shared & ~s.survivors & (self._live_holders(s.survivors) > 0)
         self._require(s.survivors, Stage.MASKED_INPUT)
         s.bitmap = msg.bitmap(s.survivors)
         if not p.consistency_check:
             return self._requests(s.survivors, {})
         return self._send(Stage.CONSISTENCY_CHECK, s.survivors, lambda w, u: w.raw(s.bitmap))
+
+    def _settle(self, reports: np.ndarray) -> np.ndarray:
+        """The clients to leave out for the reports (holder, dealer) of masked_input, named in `rejected`: one end of
+        every report at least (a report says that the dealer or the holder cheats, and the server cannot tell which),
+        chosen greedily, the client in the most open reports first and a dealer before a holder on a tie. A dealer that
+        cheats several holders is left out alone, and so is a holder that reports several dealers: a lying client,
+        alone, gets at most one other left out of a round."""
+        n, out, left = self.policy.n, np.zeros(self.policy.n, bool), reports
+        while left.size:
+            dealt = np.bincount(left[:, 1], minlength=n)
+            x = int(np.argmax((dealt + np.bincount(left[:, 0], minlength=n)) * (n + 1) + dealt))
+            out[x] = True
+            left = left[(left[:, 0] != x) & (left[:, 1] != x)]
+        for x in np.flatnonzero(out).tolist():
+            by, of = (", ".join(f"client/{v}" for v in reports[reports[:, 1 - i] == x, i].tolist()) for i in (0, 1))
+            why = [f"its shares to {by} did not open or did not match their commitments (reported by those holders)"
+                   ] if by else []
+            why += [f"it reported {of} for shares that did not open or match (one end of every report is left out, "
+                    "the client in the most reports first)"] if of else []
+            self.state.rejected[x] = "masked_input: " + "; ".join(why)
+        return out
 
     def _consistency_check(self, readers: list[tuple[int, Reader]]) -> dict[PartyId, bytes]:
         """Collect signatures of the survivor list; send each signer its holders' signatures and its request."""
@@ -267,8 +345,11 @@ class Server(Coordinator):
             # t signatures of one list suffice (2t > holders: no other list can also have t); send just t
             signers = np.sort(hold[responders[hold]])[: p.t] if sigs else np.zeros(0, np.int64)
             nb = p.graph.neighbors(u)
+            gone = nb[s.gone[nb]]
+            if s.reports.size:  # no key share of a dealer u reported: it holds none
+                gone = gone[~np.isin(gone, s.reports[s.reports[:, 0] == u, 1])]
             return (w.raw(s.bitmap).array(msg.ids(signers)).raw(b"".join(sigs[v] for v in signers.tolist()))
-                    .array(msg.ids(nb[s.gone[nb]])))
+                    .array(msg.ids(gone)))
 
         return self._send(Stage.UNMASKING, responders, body)
 
@@ -291,9 +372,12 @@ class Server(Coordinator):
         ok = np.where(rev.kinds == ShareKind.SELF_MASK, s.survivors[rev.owners],
                       s.gone[rev.owners] & (rev.holders != rev.owners))
         ok &= (rev.holders == rev.owners) | self.policy.graph.adjacent(rev.holders, rev.owners)
+        if s.reports.size:  # nor a share of a dealer it reported
+            ok &= ~np.isin(rev.holders * n + rev.owners, s.reports[:, 0] * n + s.reports[:, 1])
         if not ok.all():
             w = int(rev.holders[np.argmin(ok)])
-            raise ProtocolError(f"server: client/{w} revealed a share it must not (wrong kind or not its neighbour)")
+            raise ProtocolError(f"server: client/{w} revealed a share it must not (wrong kind, not its neighbour, "
+                                "or a dealer it reported)")
         secrets = recover(self.policy, s, self.digest, self.session, rev)
         s.unmasked = strip_masks(self.policy, s, self.session, secrets,
                                  Expander(self.codec.length, self.codec.fixed.dtype))

@@ -119,7 +119,8 @@ def _decode_round(r: dict, me: PartyId, policy: Policy, who: str) -> ClientRound
     rnd, stage = r.get("round"), r.get("stage")
     if isinstance(rnd, bool) or not isinstance(rnd, int) or not 0 <= rnd < 2**32:
         raise ProtocolError(f"{who}: round {rnd!r} is not a round number")
-    if stage is not None and stage not in {s.label for s in policy.stages[1:]}:  # a round starts at share_keys
+    stages = {s.label for s in policy.stages[1:]}  # a round starts at share_keys
+    if stage is not None and (not isinstance(stage, str) or stage not in stages):
         raise ProtocolError(f"{who}: unknown stage {stage!r}")
     raw: dict[str, bytes] = {}
     for name, text in r.items():

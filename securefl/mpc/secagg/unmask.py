@@ -117,15 +117,18 @@ def _blame(policy: Policy, state: ServerState, digest: bytes, used: np.ndarray, 
 def strip_masks(policy: Policy, state: ServerState, session: bytes, secrets: dict[tuple[ShareKind, int], Secret],
                 expander: Expander) -> np.ndarray:
     """state.total with every mask removed in one pass: self masks of survivors, pairwise masks of `gone` clients
-    with their surviving neighbours."""
+    with their surviving neighbours (except those that reported them: they left them out of their masks)."""
     add, sub = [], []
     loaded: dict[int, X25519PublicKey] = {}  # survivors' masking keys, each loaded once
+    reported = set(map(tuple, state.reports.tolist()))  # (holder, dealer)
     for (kind, u), secret in secrets.items():
         if kind == ShareKind.SELF_MASK:
             sub.append(msg.self_mask_key(secret, session, u))
             continue
         nb = policy.graph.neighbors(u)
         for v in nb[state.survivors[nb]].tolist():
+            if (v, u) in reported:
+                continue
             if v not in loaded:
                 loaded[v] = crypto.load_x25519_public(state.records[v, KEY : 2 * KEY].tobytes(), f"server: key of {v}")
             key = msg.pair_key(secret, loaded[v], session, u, v, f"server: mask of {u}")
