@@ -1,5 +1,6 @@
 """HE rounds driven by hand through the public parties (CKKS.party, Paillier.party, .coordinator), for the party-level
-and attack tests of CKKS and Paillier; hand-built messages go through wire.Channel."""
+and attack tests of CKKS and Paillier; hand-built messages go through wire.Channel, hand-built uploads are sealed
+with securefl.he.sealing as a client seals them."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 import torch
 
 from securefl import keys
-from securefl.he import base
+from securefl.he import base, sealing
 from securefl.he.ckks import CKKS
 from securefl.he.paillier import Paillier
+from securefl.he.policy import Kinds
 from securefl.session import ModelSpec, RoundConfig
-from securefl.wire import KEYHOLDER, PARTY_HEADER_SIZE, SERVER, Channel, PartyId
+from securefl.wire import KEYHOLDER, PARTY_HEADER_SIZE, SERVER, Channel, PartyId, peek
 
 SESSION = bytes(range(16))  # one session for every round: the key holder's replay guard must not rely on it
 RECIPES = {"ckks": CKKS, "paillier": Paillier}
@@ -49,7 +51,7 @@ class Deployment:
         return self.policy.params
 
     @property
-    def kinds(self) -> base.Kinds:
+    def kinds(self) -> Kinds:
         return self.policy.kinds
 
     def client(self, i: int, state: bytes | None = None):
@@ -81,12 +83,35 @@ class Round:
         server = dep.recipe.coordinator(dep.config, SESSION, number)
         self.open_message = server.start()[KEYHOLDER]
         self.key_reply = dep.keyholder.handle(self.open_message)
+        self.sealing_key = dep.keyholder._seal  # the key holder's own (private, public) sealing key of this round
         self.setups = server.step({KEYHOLDER: self.key_reply})
 
     @property
     def ch(self) -> Channel:
         """The server's channel of this round (to hand-build its messages)."""
         return Channel(SERVER, SESSION, self.number)
+
+    @property
+    def ctx(self):
+        return self.dep.config.context(SESSION, self.number)
+
+    @cached_property
+    def key(self) -> bytes:
+        """The round key the key holder signed: its HE public key, then this round's sealing key."""
+        r = Channel(SERVER, SESSION, self.number).read(self.key_reply, self.dep.kinds.key, KEYHOLDER)
+        return base.read_key(r, self.dep.policy, self.ctx)[0]
+
+    def seal(self, ciphertexts: bytes, index: int) -> bytes:
+        """A sealed section of these ciphertexts, as client `index` seals it for this round."""
+        buf = bytearray(ciphertexts)
+        ephemeral, tag = sealing.seal(self.key[-sealing.KEY_BYTES :], buf, self.ctx, index)
+        return ephemeral + bytes(buf) + tag
+
+    def opened(self, upload: bytes) -> bytes:
+        """The ciphertexts of an upload, opened with the key holder's sealing key as it opens them."""
+        sealed = section_of(upload)
+        opener = sealing.Opener(*self.sealing_key, self.ctx, sealing.buffer(len(sealed) - sealing.OVERHEAD))
+        return bytes(opener.open(memoryview(sealed), peek(upload).sender.index, "test"))
 
     def client(self, i: int, setup: bytes | None = None):
         """A fresh client i, set up with this round's SETUP (or the one given)."""
@@ -136,17 +161,24 @@ def rewrite_header(message: bytes, kind, sender: PartyId, receiver: PartyId, rou
     return Channel(sender, session, round_).write(kind, receiver).finish() + message[PARTY_HEADER_SIZE:]
 
 
-def upload_body(dep: Deployment, round_: int, section: bytes, sender: int = 0, fingerprint: bytes | None = None,
+def upload_body(rnd: Round, ciphertexts: bytes, sender: int = 0, fingerprint: bytes | None = None,
                 count: int | None = None) -> bytes:
-    """An upload's body in the signed layout: header from client `sender`, key fingerprint (the key holder's
-    unless given), ciphertext count (the round's unless given), the section."""
-    w = Channel(PartyId.client(sender), SESSION, round_).write(dep.kinds.upload, SERVER)
-    w.raw(fingerprint or base.digest(dep.keyholder.public)).u32(dep.params.count if count is None else count)
-    return w.raw(section).finish()
+    """An upload's body in the signed layout: header from client `sender`, round key fingerprint (the round's
+    unless given), ciphertext count (the round's unless given), the ciphertexts sealed for `sender`."""
+    return sealed_body(rnd, rnd.seal(ciphertexts, sender), sender, fingerprint, count)
+
+
+def sealed_body(rnd: Round, sealed: bytes, sender: int, fingerprint: bytes | None = None,
+                count: int | None = None) -> bytes:
+    """upload_body around a section sealed already (by whomever: replayed, relabelled, tampered)."""
+    dep = rnd.dep
+    w = Channel(PartyId.client(sender), SESSION, rnd.number).write(dep.kinds.upload, SERVER)
+    w.raw(fingerprint or base.digest(rnd.key)).u32(dep.params.count if count is None else count)
+    return w.raw(sealed).finish()
 
 
 def section_of(upload: bytes) -> bytes:
-    """The ciphertexts of a signed upload."""
+    """The sealed section of a signed upload (ephemeral key, sealed ciphertexts, tag)."""
     return upload[base.UPLOAD_PREFIX : -base.UPLOAD_TRAILER]
 
 

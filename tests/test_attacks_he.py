@@ -1,10 +1,11 @@
-"""Attacks on CKKS and Paillier (issue 10, attacks 4 and 7, item 10): every role played maliciously, through the
-public parties and messages hand-built with wire.Channel.
+"""Attacks on CKKS and Paillier (issue 10, attacks 4 and 7, item 10, and the red team's colluding client): every
+role played maliciously, through the public parties and messages hand-built with wire.Channel.
 
 A malicious server tries to use the key holder as a decryption oracle (one client's ciphertext as
 "the aggregate", repeated, relabelled, replayed across rounds) and to average its noise away; it
-equivocates keys and replays old messages; a malicious key holder sends wrong replies; lying
-clients sign what they did not send or upload as someone else. Each must be refused with a
+equivocates keys and replays old messages; with one colluding client it tries to cancel another
+client out of the sum with that client's own (sealed) upload; a malicious key holder sends wrong
+replies; lying clients sign what they did not send, seal wrongly or upload as someone else. Each must be refused with a
 ProtocolError naming the refusing party and, where it can be told, the offender (an upload the server
 refuses is left out of the round and named in its `rejected`). Attack 7: Paillier with distributed
 DP must finish its rounds. Every decoder refuses any flipped or cut byte; saved states restore.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import gmpy2
 import numpy as np
 import pytest
 import torch
@@ -23,10 +25,21 @@ from hypothesis import strategies as st
 import securefl
 from securefl import dp, keys
 from securefl.errors import ConfigError, DropoutError, ProtocolError
-from securefl.he import base, paillier
+from securefl.he import base, paillier, sealing, state
+from securefl.he import ckks_io as ci
 from securefl.he import paillier_math as pm
+from securefl.he.policy import resolve_min_clients
 from securefl.wire import KEYHOLDER, SERVER, Channel, PartyId
-from tests.he_parties import SESSION, Deployment, make_config, rewrite_header, sign_upload
+from tests.he_parties import (
+    SESSION,
+    Deployment,
+    make_config,
+    rewrite_header,
+    sealed_body,
+    section_of,
+    sign_upload,
+    upload_body,
+)
 
 N = 4  # default policy: the key holder decrypts sums of at least max(2, N / 2) = 2 clients
 TARGET = 1
@@ -167,14 +180,20 @@ def test_keyholder_restored_mid_round_decrypts_it_once(scheme):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_client_restored_between_setup_and_upload(scheme):
-    """A client's state between SETUP and REQUEST holds the round's key (and Paillier's offline randomness): a
-    client restarted there uploads once, and its upload counts like any other."""
+    """A client's state between SETUP and REQUEST holds the round key (and Paillier's offline randomness): a
+    client restarted there uploads once, and its upload counts like any other. Rolled back to that state after
+    uploading, it uploads again (another encryption, sealed): the server can read neither, and the key holder
+    sums one upload per client."""
     d = Deployment(scheme, n=3)
     rnd = d.open()
-    restored = d.client(0, rnd.client(0).state_dict())
+    before = rnd.client(0).state_dict()
+    restored = d.client(0, before)
+    first, again = rnd.upload(0, restored), rnd.upload(0, d.client(0, before))
+    assert rnd.opened(first) != rnd.opened(again)
+    with pytest.raises(ProtocolError, match="keyholder: .*repeated client"):
+        d.keyholder.handle(rnd.forged_request([first, again, rnd.uploads[1]]))
     server = rnd.server()
-    request = server.step({PartyId.client(0): rnd.upload(0, restored),
-                           **{PartyId.client(i): rnd.uploads[i] for i in (1, 2)}})[KEYHOLDER]
+    request = server.step({PartyId.client(0): first, **{PartyId.client(i): rnd.uploads[i] for i in (1, 2)}})[KEYHOLDER]
     assert server.rejected == {}
     server.step({KEYHOLDER: d.keyholder.handle(request)})
     assert np.abs(server.result().floats - exact_sum(d)).max() < 3 * 2.0**-14
@@ -208,7 +227,7 @@ def test_fewer_than_min_clients_are_refused_by_policy():
 @given(n=st.integers(1, 10**6), policy=st.one_of(st.none(), st.floats(0.001, 1.0), st.integers(1, 10**6)))
 def test_min_clients_policy(n, policy):
     try:
-        m = base.resolve_min_clients(policy, n)
+        m = resolve_min_clients(policy, n)
     except ConfigError:
         assert isinstance(policy, int) and policy > n
         return
@@ -283,6 +302,143 @@ def test_server_cannot_replay_relabel_or_reconfigure(dep):
     assert released(dep, later.request(), later.number) is not None
 
 
+# --- no upload can depend on another client's ciphertexts (the red team's one colluding client) ---
+
+
+def negated(d: Deployment, ciphertexts: bytes) -> bytes:
+    """HE ciphertexts made into encryptions of minus their values from public data only (both schemes are
+    malleable): CKKS q - c per coefficient, Paillier c^-1 mod N^2."""
+    params = d.params
+    if d.scheme == "ckks":
+        codec = ci.CoefficientCodec(params.scheme)
+        primes = codec.primes[None, None, :, None]
+        return codec.pack((primes - codec.from_bytes(ciphertexts, params.count, "colluder")) % primes).tobytes()
+    public = paillier.load_public_key(d.keyholder.public, params.key_bits, "colluder")
+    cts = pm.from_bytes(ciphertexts, params.count, public, "colluder")
+    return pm.to_bytes([gmpy2.invert(c, public.nsquare) for c in cts], public.cipher_bytes)
+
+
+@pytest.fixture(scope="module", params=SCHEMES)
+def six(request) -> Deployment:
+    """n = 6, min_clients = 3: isolating one update must take min_clients - 1 = 2 colluding clients."""
+    d = Deployment(request.param, n=6)
+    assert d.policy.min_clients == 3
+    return d
+
+
+def colluder(rnd, sealed: bytes, index: int = 5) -> bytes:
+    """Client `index`'s own correctly signed upload of a sealed section (what a colluding client can send)."""
+    return sign_upload(rnd.dep, sealed_body(rnd, sealed, index), signer=index, round_=rnd.number)
+
+
+def test_one_colluding_client_cannot_cancel_another_out(six):
+    """The server holds the uploads of clients 0 and 1 and has one colluder (client 5) upload something made of
+    client 1's upload under its own signature, so that the sum of three distinct signed clients is x0 + x1 - x1.
+    All it holds of client 1 is sealed: replayed as the colluder's, it does not open and the key holder names
+    the colluder, before decrypting anything; the round then decrypts an honest sum of three. Control: with the
+    ciphertexts the seal hides (only the key holder's sealing key opens them), the same upload isolates x0."""
+    d = six
+    rnd = d.open()
+    up = {i: rnd.uploads[i] for i in (0, 1, 2)}
+    replayed = colluder(rnd, section_of(up[1]))
+    server = rnd.server([0, 1, 2, 5])
+    request = server.step({PartyId.client(i): u for i, u in up.items() if i != 2} | {PartyId.client(5): replayed})
+    assert server.included == [0, 1, 5]  # signed by client 5 and of the right shape: the server cannot tell
+    with pytest.raises(ProtocolError, match="keyholder: .*client/5: its ciphertexts do not open"):
+        d.keyholder.handle(request[KEYHOLDER])
+    honest = released(d, rnd.request([0, 1, 2]), rnd.number)
+    assert honest is not None and np.abs(honest - sum(d.ups[i].double().numpy() for i in (0, 1, 2))).max() < 1e-3
+    assert not isolates(honest, d.ups[0].double().numpy())
+
+    control = d.open()
+    negation = control.seal(negated(d, control.opened(control.uploads[1])), 5)  # needs the key holder's key
+    got = released(d, control.forged_request([control.uploads[0], control.uploads[1], colluder(control, negation)]),
+                   control.number)
+    assert got is not None and np.abs(got - d.ups[0].double().numpy()).max() < 1e-3, "the control attack failed"
+
+
+def test_the_server_sees_no_ciphertext(dep):
+    """Everything the server holds of a round -- the round key, the uploads, its request to the key holder -- holds
+    none of the HE ciphertexts the key holder opens (a sealed section is the ciphertexts' length plus 48 bytes)."""
+    rnd = dep.open()
+    server = rnd.server()
+    request = server.step({PartyId.client(i): u for i, u in enumerate(rnd.uploads)})[KEYHOLDER]
+    seen = b"".join([rnd.key_reply, *rnd.setups.values(), *rnd.uploads, request])
+    for upload in rnd.uploads:
+        ciphertexts = rnd.opened(upload)
+        assert len(section_of(upload)) == len(ciphertexts) + sealing.OVERHEAD
+        for start in (0, len(ciphertexts) // 2, len(ciphertexts) - 24):
+            assert ciphertexts[start : start + 24] not in seen
+
+
+def test_sealed_sections_open_only_for_their_round_client_and_key(dep):
+    """A client's own validly signed upload, of the right shape and round key, whose sealed section was made for
+    an earlier round, for another client index, to the earlier round's sealing key, changed after sealing, or
+    with a small-order ephemeral key: the key holder refuses each naming that client, before decrypting."""
+    earlier = dep.open()
+    old = earlier.uploads[0]
+    rnd = dep.open()  # the key holder's sealing key of `earlier` is gone
+    ciphertexts = earlier.opened(old)  # a client re-sealing its own ciphertexts, as a liar can
+    stale = bytearray(ciphertexts)
+    stale_tags = sealing.seal(earlier.key[-sealing.KEY_BYTES :], stale, rnd.ctx, 0)
+    flipped = bytearray(rnd.seal(ciphertexts, 0))
+    flipped[sealing.KEY_BYTES + 3] ^= 1
+    cases = {
+        "an earlier round's section": section_of(old),
+        "sealed for client 1": rnd.seal(ciphertexts, 1),
+        "sealed to the earlier round's key": stale_tags[0] + bytes(stale) + stale_tags[1],
+        "changed after sealing": bytes(flipped),
+        "small-order ephemeral key": bytes(32) + section_of(rnd.uploads[0])[sealing.KEY_BYTES :],
+    }
+    for name, sealed in cases.items():
+        liar = sign_upload(dep, sealed_body(rnd, sealed, 0), signer=0, round_=rnd.number)
+        with pytest.raises(ProtocolError, match="keyholder: .*client/0: "):
+            dep.keyholder.handle(rnd.forged_request([liar, *rnd.uploads[1:]]))
+        assert dep.keyholder._open is not None, name  # refused before decryption: the round stays open
+    honest = sign_upload(dep, upload_body(rnd, ciphertexts, 0), signer=0, round_=rnd.number)  # re-sealed right
+    assert released(dep, rnd.forged_request([honest, *rnd.uploads[1:]]), rnd.number) is not None
+
+
+def test_round_key_is_signed_whole(dep):
+    """A server substituting a sealing key of its own (to open the uploads) breaks the key holder's signature; a
+    small-order sealing key, even signed by the pinned key holder, is refused by the client."""
+    rnd = dep.open()
+    r = Channel(SERVER, SESSION, rnd.number).read(rnd.key_reply, dep.kinds.key, KEYHOLDER)
+    key, signature = base.read_key(r, dep.policy, rnd.ctx)
+    _, own = sealing.new_key()
+    swapped = base.write_key(rnd.ch.write(dep.kinds.setup, PartyId.client(0)), dep.policy,
+                             key[: -sealing.KEY_BYTES] + own, signature)
+    with pytest.raises(ProtocolError, match="client/0: key holder's key: invalid signature"):
+        rnd.client(0, setup=swapped)
+    weak = key[: -sealing.KEY_BYTES] + bytes(32)
+    signed = dep.identities[KEYHOLDER].sign(base.key_digest(rnd.ctx, weak))
+    with pytest.raises(ProtocolError, match="client/0: .*sealing key: X25519 public key of small order"):
+        rnd.client(0, setup=base.write_key(rnd.ch.write(dep.kinds.setup, PartyId.client(0)), dep.policy, weak, signed))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_keyholder_keeps_the_sealing_key_of_its_open_round_only(scheme):
+    """Saved with a round open, the key holder's state holds that round's sealing key (restored, it opens the
+    round's uploads); once it decrypts, the key is gone from it and from its state. A state with an open round
+    and no sealing key, or a sealing key and no open round, is refused."""
+    d = Deployment(scheme, n=3)
+    rnd = d.open()
+    saved = d.keyholder.state_dict()
+    blobs = state.load(saved, scheme, KEYHOLDER, d.config.fingerprint).blobs
+    assert blobs["seal"] == rnd.sealing_key[0].private_bytes_raw()
+    d.keyholder = d.recipe.party(d.config, d.identities[KEYHOLDER], saved)
+    assert released(d, rnd.request(), rnd.number) is not None
+    assert d.keyholder._seal is None
+    spent = state.load(d.keyholder.state_dict(), scheme, KEYHOLDER, d.config.fingerprint)
+    assert "seal" not in spent.blobs and spent.fields["open"] is None
+    opened = state.load(saved, scheme, KEYHOLDER, d.config.fingerprint)
+    for fields, extra in (({"open": opened.fields["open"]}, {}), ({"open": None}, {"seal": blobs["seal"]})):
+        forged = state.dump(scheme, KEYHOLDER, d.config.fingerprint, opened.guard, fields,
+                            {k: v for k, v in blobs.items() if k != "seal"} | extra)
+        with pytest.raises(ProtocolError, match="keyholder: saved state: an open round needs its sealing key"):
+            d.recipe.party(d.config, d.identities[KEYHOLDER], forged)
+
+
 def test_server_refuses_wrong_keyholder_replies(dep):
     """A malicious key holder (or whoever sits between): tampered, replayed, other clients, unpinned signer.
     A well-signed wrong sum cannot be detected: correct results rest on the key holder (see securefl.he.base)."""
@@ -352,7 +508,7 @@ def test_out_of_range_sums_are_refused_and_spend_the_round(dep):
         # every slot all ones: the sum carries out of every slot
         pub = liar._public_key
         cts = pm.encrypt(pub, [2 ** (p.per_plaintext * p.slot_bits) - 1] * p.count, liar._zeros)
-        return pm.to_bytes(cts, p.ciphertext_bytes), 0
+        return bytearray(pm.to_bytes(cts, p.ciphertext_bytes)), 0
 
     liar._ciphertexts = lie
     server = rnd.server()
@@ -425,8 +581,8 @@ def test_open_decoder(fuzz_round, pos, flip, cut):
     h = securefl.wire.peek(bad)
     assert (h.session, h.round) != (SESSION, rnd.number)
     ctx = dep.config.context(h.session, h.round)
-    assert base.read_key(Channel(SERVER, h.session, h.round).read(reply, dep.kinds.key, KEYHOLDER), dep.policy,
-                         ctx)[0] == kh.public
+    key = base.read_key(Channel(SERVER, h.session, h.round).read(reply, dep.kinds.key, KEYHOLDER), dep.policy, ctx)[0]
+    assert base.split_round_key(key, "test") == (kh.public, kh._seal[1])
 
 
 @FUZZ

@@ -21,7 +21,7 @@ from securefl.he.server import Server
 from securefl.session import ModelSpec, RoundConfig
 from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId
 from tests.conftest import state_updates
-from tests.he_parties import SESSION, Deployment, make_config, section_of, sign_upload, upload_body
+from tests.he_parties import SESSION, Deployment, make_config, sign_upload, upload_body
 from tests.reference import assert_close
 
 ARRAY_HEAD = 9  # wire.Writer.array: a dtype code and a u64 count
@@ -48,9 +48,10 @@ def parties():
 
 
 def signed_upload(p, section: bytes, sender: int = 0, fingerprint: bytes | None = None, count=None) -> bytes:
-    """An upload of this ciphertext section from client `sender`, signed by client 0 (its own key when it is one)."""
+    """An upload of this ciphertext section (sealed) from client `sender`, signed by client 0 (its own key when it is
+    one)."""
     dep, number = p["dep"], p["rnd"].number
-    body = upload_body(dep, number, section, sender, fingerprint, count)
+    body = upload_body(p["rnd"], section, sender, fingerprint, count)
     return sign_upload(dep, body, signer=sender if sender < dep.n else 0, round_=number, index=sender)
 
 
@@ -175,12 +176,13 @@ def test_only_the_keyholder_holds_a_secret_key(parties):
     assert not any(isinstance(v, (*secret_kinds, ci.CoefficientCodec)) for v in vars(server).values())
     # only the key holder decrypts, and it gives the client's values back, two per complex slot
     kh = p["kh"]
-    got = decrypt_section(kh, section_of(p["rnd"].uploads[0]))
+    got = decrypt_section(kh, p["rnd"].opened(p["rnd"].uploads[0]))
     assert np.abs(got[:50] - p["dep"].ups[0].numpy()).max() < 1e-4
     assert abs(got[50] - 1.0) < 1e-4 and np.abs(got[51:]).max() < 1e-4  # the weight slot, then zero padding
     r = Channel(PartyId.client(0), SESSION, p["rnd"].number).read(p["rnd"].setups[PartyId.client(0)], Kind.CKKS_SETUP)
-    public, _ = base.read_key(r, p["dep"].policy, p["dep"].config.context(SESSION, p["rnd"].number))
-    assert public == kh.public  # what travels: SEAL's public key, which a client loads as one
+    key, _ = base.read_key(r, p["dep"].policy, p["dep"].config.context(SESSION, p["rnd"].number))
+    public, seal = base.split_round_key(key, "test")
+    assert public == kh.public and seal == p["rnd"].sealing_key[1]  # SEAL's public key, then the sealing key
     ci.load_public_key(kh._codec, public, "test")
 
 
@@ -217,9 +219,9 @@ def test_foreign_session_and_misrouted_replies_are_refused(parties):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pos=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255))
 def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip):
-    """Below the signature: the coefficient check refuses a coefficient beyond its prime; anything it accepts SEAL
-    loads (validating it) and decrypts, never crashing."""
-    section = bytearray(section_of(parties["rnd"].uploads[2]))
+    """Below the signature and the seal: the coefficient check refuses a coefficient beyond its prime; anything it
+    accepts SEAL loads (validating it) and decrypts, never crashing."""
+    section = bytearray(parties["rnd"].opened(parties["rnd"].uploads[2]))
     section[int(pos * len(section))] ^= flip
     try:
         decrypt_section(parties["kh"], bytes(section))
@@ -229,7 +231,7 @@ def test_mutated_ciphertext_bytes_never_crash(parties, pos, flip):
 
 def test_structural_faults_are_refused_by_the_server(parties):
     p = parties
-    section = section_of(p["rnd"].uploads[0])
+    section = p["rnd"].opened(p["rnd"].uploads[0])
     cases = {
         "another key": signed_upload(p, section, fingerprint=bytes(32)),
         "number of ciphertexts": signed_upload(p, section + section, count=2),
@@ -246,7 +248,7 @@ def test_unreduced_or_alien_ciphertexts_are_refused_by_the_keyholder_naming_the_
     refused by the key holder, which names its client. Ciphertexts of other parameters have another length."""
     p = parties
     kh = p["kh"]
-    coeffs = kh._codec.from_bytes(section_of(p["rnd"].uploads[0]), 1, "test")
+    coeffs = kh._codec.from_bytes(p["rnd"].opened(p["rnd"].uploads[0]), 1, "test")
     coeffs[0, 1, 0, 17] = kh._codec.primes[0]  # fits the 43 bits, not the prime
     unreduced = signed_upload(p, kh._codec.pack(coeffs).tobytes())
     server = p["rnd"].server()
@@ -268,7 +270,7 @@ def test_upload_under_another_key_is_refused(parties):
     other = KeyHolder(dep.config, dep.identities[KEYHOLDER])  # the same identity, another key pair
     client = p["rnd"].client(0)
     client._take_key(other.public)  # a client that encrypts under another key, and says so
-    client._key = base.digest(other.public)
+    client._key = base.digest(other.public + p["rnd"].sealing_key[1])
     assert "upload of client/0: encrypted under another key" in server_rejects(p, p["rnd"].upload(0, client))
 
 
@@ -302,7 +304,7 @@ def test_precomputed_encryptions_of_zero_are_made_in_setup_and_used_once():
     assert len(client._encrypter._zeros) == dep.params.count == 2
     upload = rnd.upload(0, client)
     assert client._encrypter._zeros == []
-    assert np.abs(decrypt_section(dep.keyholder, section_of(upload), 2)[:5000] - ups[0].numpy()).max() < 1e-4
+    assert np.abs(decrypt_section(dep.keyholder, rnd.opened(upload), 2)[:5000] - ups[0].numpy()).max() < 1e-4
     restored = dep.client(1, rnd.client(1).state_dict())  # restored between setup and upload: encrypts afresh
     assert restored._encrypter._zeros == []
     server = rnd.server()

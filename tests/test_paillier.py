@@ -19,6 +19,7 @@ from securefl.he import base, state
 from securefl.he import paillier_math as pm
 from securefl.he import paillier_slots as ps
 from securefl.he.paillier import KeyHolder, Packing, Paillier
+from securefl.he.policy import resolve_min_clients
 from securefl.wire import KEYHOLDER, PartyId
 from tests.conftest import state_updates
 from tests.he_parties import SESSION, Deployment, make_config, sign_upload, upload_body
@@ -122,7 +123,7 @@ def test_slots_hold_the_sum_with_its_distributed_noise(n, z, clip, frac_bits):
     """Attack 7: with DistributedGaussian the slots hold n clients at the clip plus the bound on their summed noise
     (20 sd of the sum, not n times one client's), and one client's value with its own noise."""
     mech = dp.DistributedGaussian(z, min(clip, 1.0))
-    m = base.resolve_min_clients(None, n)  # the default policy: the fewest clients a released sum holds
+    m = resolve_min_clients(None, n)  # the default policy: the fewest clients a released sum holds
     variance = mech.client_variance(frac_bits, m)
     try:
         fixed = FixedPoint.choose(n, clip=clip, frac_bits=frac_bits, int_bound=2**16,
@@ -196,7 +197,7 @@ def signed_upload(p, rnd, cts: list[int], sender: int = 0, fingerprint: bytes | 
     """An upload of these ciphertexts for round `rnd` from client `sender`, signed by client 0 (its own key when it
     is one)."""
     dep = p["dep"]
-    body = upload_body(dep, rnd.number, pm.to_bytes(cts, p["packing"].ciphertext_bytes), sender, fingerprint,
+    body = upload_body(rnd, pm.to_bytes(cts, p["packing"].ciphertext_bytes), sender, fingerprint,
                        count=len(cts))
     return sign_upload(dep, body, signer=sender if sender < dep.n else 0, round_=rnd.number, index=sender)
 
@@ -233,12 +234,14 @@ def test_swapped_or_malformed_public_key_is_refused(parties):
     with pytest.raises(ProtocolError, match="client/0"):
         rnd.client(0, setup=setup[:-70] + setup[-64:])
     n = int(p["kh"]._public_key.n)
-    # the pinned key holder publishing an even modulus, or a DJN base that is no unit: refused once signed
+    # the pinned key holder publishing an even modulus, or a DJN base that is no unit (with the round's sealing
+    # key): refused once signed
     for public, match in (((2**2047).to_bytes(256, "big") + bytes(512), "odd"),
                           (n.to_bytes(256, "big") + (1).to_bytes(512, "big"), "DJN base"),
                           (n.to_bytes(256, "big") + (n * 5).to_bytes(512, "big"), "DJN base")):
-        signature = dep.identities[KEYHOLDER].sign(base.key_digest(dep.config.context(SESSION, rnd.number), public))
-        forged = base.write_key(rnd.ch.write(dep.kinds.setup, PartyId.client(0)), dep.policy, public, signature)
+        key = public + rnd.sealing_key[1]
+        signature = dep.identities[KEYHOLDER].sign(base.key_digest(dep.config.context(SESSION, rnd.number), key))
+        forged = base.write_key(rnd.ch.write(dep.kinds.setup, PartyId.client(0)), dep.policy, key, signature)
         with pytest.raises(ProtocolError, match=f"client/0: .*{match}"):
             rnd.client(0, setup=forged)
 

@@ -1,5 +1,5 @@
 """CKKS aggregation on SEAL (through TenSEAL's sealapi): clients encrypt under the key holder's public key; the key
-holder re-adds their signed uploads and decrypts one checked sum per round.
+holder opens their sealed, signed uploads, re-adds them and decrypts one checked sum per round.
 
 The parties and their checks are securefl.he.base (client, key holder) and securefl.he.server (the
 server); CKKS supplies its parameters (securefl.he.ckks_params: the smallest 128-bit parameters for
@@ -10,8 +10,8 @@ wire, one raw section per upload).
 What is checked where:
 
 * client: SEAL loads and validates the key holder's public key (its parameters are the round's);
-* server: each upload's signature, key fingerprint, ciphertext count and section length; it never
-  parses a coefficient;
+* server: each upload's signature, round key fingerprint, ciphertext count and section length; it never
+  sees a coefficient (uploads are sealed to the key holder, securefl.he.sealing);
 * key holder: every coefficient of every upload is below its prime, in the same pass that adds it
   (ckks_io.Accumulator; a refused upload is a ProtocolError naming its client, and the sum is left as
   it was); each summed ciphertext then goes through SEAL's own load, which validates its parameters,
@@ -23,8 +23,8 @@ a deployment can run before the update exists (during local training); online wo
 third. They take 16 bytes per value per prime until used, and are not saved in a client's state: a
 client restored between setup and upload encrypts afresh.
 
-Saved state: the key holder's is the 64-byte seed its keys come from (ckks_io.keygen); a client's,
-between setup and upload, the public key it was sent.
+Saved state: the key holder's is the 64-byte seed its keys come from (ckks_io.keygen), with the
+sealing key of a round it has open; a client's, between setup and upload, the round key it was sent.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ from securefl.he import base
 from securefl.he import ckks_io as ci
 from securefl.he.aggregator import HEAggregator
 from securefl.he.ckks_params import Params, release
+from securefl.he.policy import Kinds, Policy
 from securefl.session import RoundConfig
 from securefl.wire import Kind
 
 SCHEME = "ckks"
-KINDS = base.Kinds(Kind.CKKS_OPEN, Kind.CKKS_KEY, Kind.CKKS_SETUP, Kind.CKKS_READY, Kind.CKKS_REQUEST,
+KINDS = Kinds(Kind.CKKS_OPEN, Kind.CKKS_KEY, Kind.CKKS_SETUP, Kind.CKKS_READY, Kind.CKKS_REQUEST,
                    Kind.CKKS_UPLOAD, Kind.CKKS_AGGREGATE, Kind.CKKS_RESULT)
 DEGREES = ci.DEGREES
 
@@ -66,9 +67,9 @@ def choose(config: RoundConfig, codec: RoundCodec) -> Params:
     return Params.choose(config.n, codec.layout, codec.fixed, degree, config.options.get("precompute", False))
 
 
-def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Policy:
+def policy(config: RoundConfig, accountant: Accountant | None = None) -> Policy:
     """What every party of a deployment derives from `config` (`accountant`: the server's, for DP)."""
-    return base.Policy.of(config, SCHEME, KINDS, choose, accountant)
+    return Policy.of(config, SCHEME, KINDS, choose, accountant)
 
 
 class KeyHolder(base.KeyHolder):

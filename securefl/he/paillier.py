@@ -7,10 +7,10 @@ per plaintext. The slot width comes from the bound on the *sum* of the n clients
 (n * clip * 2^frac_bits plus the bound on the sum of their DP noise, the weight slot, the integers),
 so no slot carries into the next and the homomorphic sum of the ciphertexts is the exact sum of every
 slot at once. At the defaults (n = 100, clip 8, frac_bits 16) slots are 27 bits, 75 per 2048-bit
-plaintext. The key holder (which re-adds the signed uploads and decrypts one sum per round, see
-securefl.he.base) range-checks the slot sums against count clients' bounds and releases the codec's
-ring vector: exact against the float64 reference within the codec's rounding bound. The server
-(securefl.he.server) checks each upload's count and length only.
+plaintext. The key holder (which opens the sealed, signed uploads, re-adds them and decrypts one sum
+per round, see securefl.he.base) range-checks the slot sums against count clients' bounds and releases
+the codec's ring vector: exact against the float64 reference within the codec's rounding bound. The
+server (securefl.he.server) checks each upload's count and length only, and never sees a ciphertext.
 
 Arithmetic (securefl.he.paillier_math) is on gmpy2 integers: phe makes the key pair and stays the
 reference in the tests. Encryption is Enc(m) = (1 + m N) z mod N^2 with z an encryption of zero made
@@ -28,8 +28,8 @@ Randomness (option `randomness`):
   cheaper. It rests on an assumption beyond DCR, written out in securefl.he.paillier_math: that h^r for
   such short r is indistinguishable from a uniform element of <h>. Clients refuse a malformed hs
   (check_djn_base) but cannot detect one of small order without a proof: a key holder publishing such
-  an hs would let the server read uploads without asking it, which is no more than the key holder and
-  the server learn together in any case (the threat model's line).
+  an hs could read uploads without its secret key, which is no more than it can in any case (it is sent
+  every upload and holds the key: the threat model's line); the server never sees a ciphertext.
 * "plain": z = r^N mod N^2 with r uniform in [1, N): DCR alone, as phe encrypts.
 
 Keys: 2048-bit modulus by default (about 112-bit security per NIST SP 800-57), 3072 (128-bit) or 4096
@@ -52,11 +52,12 @@ from securefl.he import base
 from securefl.he import paillier_math as pm
 from securefl.he import paillier_slots as ps
 from securefl.he.aggregator import HEAggregator
+from securefl.he.policy import Kinds, Policy
 from securefl.session import RoundConfig
 from securefl.wire import Kind
 
 SCHEME = "paillier"
-KINDS = base.Kinds(Kind.PAILLIER_OPEN, Kind.PAILLIER_KEY, Kind.PAILLIER_SETUP, Kind.PAILLIER_READY,
+KINDS = Kinds(Kind.PAILLIER_OPEN, Kind.PAILLIER_KEY, Kind.PAILLIER_SETUP, Kind.PAILLIER_READY,
                    Kind.PAILLIER_REQUEST, Kind.PAILLIER_UPLOAD, Kind.PAILLIER_AGGREGATE, Kind.PAILLIER_RESULT)
 KEY_BITS = (2048, 3072, 4096)
 RANDOMNESS = ("djn", "plain")
@@ -163,9 +164,9 @@ def choose(config: RoundConfig, codec: RoundCodec) -> Packing:
                           config.options.get("randomness", RANDOMNESS[0]))
 
 
-def policy(config: RoundConfig, accountant: Accountant | None = None) -> base.Policy:
+def policy(config: RoundConfig, accountant: Accountant | None = None) -> Policy:
     """What every party of a deployment derives from `config` (`accountant`: the server's, for DP)."""
-    return base.Policy.of(config, SCHEME, KINDS, choose, accountant)
+    return Policy.of(config, SCHEME, KINDS, choose, accountant)
 
 
 class KeyHolder(base.KeyHolder):
@@ -245,14 +246,14 @@ class Client(base.Client):
         self._zeros = pm.from_bytes(blobs.get("zeros", b""), self.policy.params.count, self._public_key,
                                     f"{self.id}: saved state")
 
-    def _ciphertexts(self, update: object, weight: float) -> tuple[bytes, int]:
-        """The packed ciphertexts; uses up the precomputed encryptions of zero."""
+    def _ciphertexts(self, update: object, weight: float) -> tuple[bytearray, int]:
+        """The packed ciphertexts (writable: they are sealed in place); uses up the precomputed encryptions of zero."""
         packing: Packing = self.policy.params
         ring, clipped = self.policy.codec.encode(self.id.index, update, weight)
         values = ring.view(packing.fixed.signed).astype(np.int64)
         plains = ps.pack(values, packing.slot_bits, packing.per_plaintext, self._public_key.n)
         cts, self._zeros = pm.encrypt(self._public_key, plains, self._zeros), []
-        return pm.to_bytes(cts, self._public_key.cipher_bytes), clipped
+        return bytearray(pm.to_bytes(cts, self._public_key.cipher_bytes)), clipped
 
 
 class Paillier(HEAggregator):

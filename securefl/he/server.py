@@ -1,17 +1,18 @@
-"""The HE server: the coordinator of a CKKS or Paillier round. It holds no key and learns only the released sum.
+"""The HE server: the coordinator of a CKKS or Paillier round. It holds no key, never sees an HE ciphertext (every
+upload is sealed to the key holder, securefl.he.sealing) and learns only the released sum.
 
 Stages (`Server.stage`; the client stages are what `dropped` names):
 
-* "setup": OPEN to the key holder, whose KEY (its public key signed for this configuration,
-  session and round) the server checks and relays to every client as SETUP; each client answers
-  READY. A client dropped here never answers; fewer than min_clients ready clients end the round
-  with DropoutError.
+* "setup": OPEN to the key holder, whose KEY (its round key: its HE public key and the round's
+  sealing key, signed for this configuration, session and round) the server checks and relays to
+  every client as SETUP; each client answers READY. A client dropped here never answers; fewer than
+  min_clients ready clients end the round with DropoutError.
 * "upload" (the input stage): REQUEST to every ready client, which calls `update()` and answers
   UPLOAD. The server checks each upload's header, its client's signature over the stated digest, the
-  key it is encrypted under and the ciphertexts' count and length (it neither parses nor hashes them:
-  the key holder does);
-  an upload that fails a check is left out and named in the round's `rejected`. Fewer than
-  min_clients accepted uploads end the round with DropoutError.
+  round key it is sealed for and the sealed section's length (it can neither open nor parse the
+  ciphertexts, and does not hash them: the key holder does); an upload that fails a check is left out
+  and named in the round's `rejected`. Fewer than min_clients accepted uploads end the round with
+  DropoutError.
 * "decrypt": AGGREGATE to the key holder with the accepted signed uploads; its RESULT (the sum's ring
   vector with the clients it summed, signed for this round) must cover exactly the forwarded clients.
   A client dropped here has uploaded and stays in the sum.
@@ -24,22 +25,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from securefl.errors import AggregatorError, DropoutError, ProtocolError
-from securefl.he.base import (
-    SIGNATURE_BYTES,
-    Policy,
-    digest,
-    open_upload,
-    read_key,
-    result_digest,
-    write_key,
-    write_uploads,
-)
+from securefl.he.base import SIGNATURE_BYTES, digest, open_upload, read_key, result_digest, write_key, write_uploads
+from securefl.he.policy import Policy
 from securefl.protocol import Coordinator, Totals
 from securefl.wire import KEYHOLDER, SERVER, Channel, PartyId, Role
 
 
 class Server(Coordinator):
-    """Relays the key, checks and forwards the signed uploads, checks the key holder's signed result."""
+    """Relays the round key, checks and forwards the sealed, signed uploads, checks the key holder's signed result."""
 
     id = SERVER
     input_stage = "upload"
@@ -54,7 +47,7 @@ class Server(Coordinator):
         self._clients = list(asked)
         self.stage = "setup"
         self._next = self._take_key
-        self._key: bytes | None = None  # fingerprint of the round's public key
+        self._key: bytes | None = None  # fingerprint of the round key
         self._ready: list[int] = []
         self._uploads: dict[int, bytes] = {}
         self.rejected: dict[int, str] = {}  # client index -> why its reply was left out

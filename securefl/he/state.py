@@ -2,7 +2,8 @@
 
 Layout: magic, a u32-length-prefixed JSON document (format, scheme, party, configuration fingerprint,
 replay guard, small fields), the named binary fields it lists back to back (a CKKS key seed,
-Paillier primes, ciphertexts: no base64), and SHA-256 of everything before it. Only the party that
+Paillier primes, the key holder's sealing key of its open round, a client's round key, ciphertexts:
+no base64), and SHA-256 of everything before it. Only the party that
 wrote a state reads it back (its own storage: Flower's Context.state, a file); the checksum catches
 corruption, every field is checked on load, and anything off is a ProtocolError naming the party.
 """
@@ -20,7 +21,7 @@ from securefl.session import ReplayGuard
 from securefl.wire import SESSION_BYTES, PartyId
 
 MAGIC = b"SFHE"
-FORMAT = "securefl-he-party/2"  # /2: CKKS keys from a seed, Paillier with its DJN base
+FORMAT = "securefl-he-party/3"  # /2: CKKS seeds, Paillier DJN bases; /3: round keys with their sealing keys
 _LEN = struct.Struct("<I")
 _DIGEST = 32
 
