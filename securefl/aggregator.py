@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from securefl.codec import FixedPoint, Layout, flatten_all
-from securefl.errors import ConfigError, DropoutError, InputError
+from securefl.errors import DropoutError, InputError
 from securefl.keys import Directory, Identity, create_identities
 from securefl.report import Report, Result
 from securefl.session import ModelSpec, RoundConfig, new_session
@@ -126,7 +126,6 @@ class Aggregator(ABC):
     input_stage: ClassVar[str]
     threat_model: ClassVar[str]  # one line: who could learn an individual update
     output_party: ClassVar[str] = "server"  # the party that decodes the sum (adds central DP noise)
-    distributed_dp: ClassVar[bool] = True  # False: clients do not encode through FixedPoint.encode (no ring noise)
     simulation_class: ClassVar[type[Simulation]] = Simulation  # the audit swaps in a recording one
 
     def __init__(
@@ -145,9 +144,6 @@ class Aggregator(ABC):
         self.weight_bound = weight_bound
         self.seed = seed
         self.dp = dp
-        if dp is not None and dp.client_variance(frac_bits, 1) and not self.distributed_dp:
-            raise ConfigError(f"{self.scheme}: its clients add no distributed noise (they do not encode through "
-                              "FixedPoint.encode); use dp.GaussianMechanism with it")
         FixedPoint.choose(1, clip=clip, frac_bits=frac_bits, int_bound=int_bound)  # validate early
 
     def min_survivors(self, n_clients: int) -> int:

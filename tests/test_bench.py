@@ -8,7 +8,7 @@ import pytest
 
 from securefl import schemes
 from securefl.bench import config as presets
-from securefl.bench import harness, memory, output, peers
+from securefl.bench import harness, memory, output, peers, workload
 from securefl.cli import main
 from securefl.errors import InputError
 from securefl.plaintext import Plaintext
@@ -181,3 +181,46 @@ def test_scaling_sweep_takes_the_schemes_whose_class_scales_in_n():
     scaling = [p for p in harness.plan(config, harness.scheme_names(config)) if "scaling" in p.sweeps]
     assert [(p.n, p.m, p.schemes) for p in scaling] == [(5, 10, ["plaintext", "secagg+"]),
                                                          (7, 10, ["plaintext", "secagg+"])]
+
+
+def test_resnet18_shapes_are_torchvisions_float_tensors():
+    shapes = workload.resnet18_shapes()
+    assert len(shapes) == 102 and workload.size(shapes) == 11_699_112  # 11,689,512 parameters + BN running stats
+    assert shapes[0] == ("conv1.weight", (64, 3, 7, 7)) and shapes[-1] == ("fc.bias", (1000,))
+    assert len(dict(shapes)) == len(shapes)
+
+
+def test_special_points_measure_their_own_arms_against_plaintext_and_no_dp():
+    model = presets.Special("model", "a model-shaped point", n=3, schemes=("additive",), model="resnet18", width=2,
+                            peers=("tenseal-flare",))
+    dp_point = presets.Special("dp-small", "DP beside no DP", n=4, schemes=("additive",), m=30,
+                               dp=(None, "distributed"))
+    absent = presets.Special("absent", "a scheme this run does not measure", n=3, schemes=("ckks",), m=10)
+    config = presets.preset(True, schemes=("additive",), dp_mechanisms=(), specials=(model, dp_point, absent),
+                            **(TINY | {"ns": (4,), "ms": (40,), "dropouts": (0.0,), "peers": True}))
+    ticks = []
+    results = harness.run(config, lambda units, what: ticks.append(units))
+    assert sum(ticks) == harness.total_units(config)
+    cells = results["cells"]
+    assert not [c for c in cells if "absent" in c["sweeps"]]
+    at_model = [c for c in cells if "model" in c["sweeps"]]
+    assert [(c["scheme"], c["tensors"], c["m"]) for c in at_model] == [
+        ("plaintext", 102, workload.size(workload.resnet18_shapes(2))), ("additive", 102, at_model[0]["m"])]
+    assert all(c["status"] == "ok" and c["max_abs_diff_vs_plaintext"] <= 1e-3 for c in at_model)
+    at_dp = [c for c in cells if "dp-small" in c["sweeps"]]
+    if harness.supports_dp():
+        assert [(c["scheme"], c["dp"]) for c in at_dp] == [("plaintext", None), ("additive", None),
+                                                          ("plaintext", "distributed"), ("additive", "distributed")]
+        noisy = at_dp[3]
+        assert noisy["ratio_no_dp"]["wall_s"] == pytest.approx(noisy["wall_s"] / at_dp[1]["wall_s"])
+        assert noisy["ratio"]["wall_s"] == pytest.approx(noisy["wall_s"] / at_dp[2]["wall_s"])
+    peer_points = [(p["name"], p["point"]) for p in results["peers"]]
+    assert ("tenseal-flare", "model") in peer_points
+    md = output.markdown(results)
+    assert "## Special points" in md and "model [a model-shaped point] n=3" in md
+
+
+def test_a_special_point_naming_an_unknown_peer_is_an_input_error():
+    bad = presets.Special("x", "x", n=3, schemes=("additive",), m=10, peers=("nobody",))
+    with pytest.raises(InputError, match="nobody"):
+        harness.run(presets.preset(True, schemes=("additive",), specials=(bad,), **(TINY | {"peers": True})))

@@ -16,7 +16,7 @@ from securefl.errors import ConfigError, InputError, ProtocolError
 from securefl.he import base
 from securefl.he import ckks_io as ci
 from securefl.he.ckks import CKKS, Client, KeyHolder
-from securefl.he.ckks_params import Params
+from securefl.he.ckks_params import Params, release
 from securefl.he.server import Server
 from securefl.session import ModelSpec, RoundConfig
 from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId
@@ -89,6 +89,20 @@ def test_several_ciphertexts_per_client_and_ints():
     ref = sum(w * u[0].double() for w, u in zip([3, 1, 2, 1], ups, strict=True)) / 7
     assert (res.mean[0].double() - ref).abs().max().item() < 1e-4
     assert torch.equal(res.sum[1], sum(u[1] for u in ups).long())
+
+
+@pytest.mark.parametrize("noise", [-0.45, -0.1, 0.1, 0.45])
+def test_weight_sum_is_released_exactly_on_its_grid(noise):
+    """Clients put their weights on the 2^-frac_bits grid, so the key holder rounds the decrypted weight sum to the
+    nearest grid point: CKKS noise can neither make a zero sum positive (a mean over nothing) nor move a sum."""
+    fixed = FixedPoint.choose(3, clip=8.0, frac_bits=16, int_bound=2**16)
+    p = Params.choose(3, flatten_all(state_updates(1))[0], fixed, None, False)
+    unit = 2.0**-p.fixed.frac_bits
+    for weight_sum in (0.0, 3 * unit, 1.5):
+        values = np.zeros(p.length)
+        values[p.length - 1] = weight_sum + noise * unit
+        ring = release(values, p, 3, "test").view(p.fixed.signed)
+        assert ring[p.length - 1] == round(weight_sum / unit)
 
 
 def test_larger_ring_degree_keeps_the_bound():

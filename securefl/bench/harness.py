@@ -1,15 +1,17 @@
 """The benchmark matrix: every registered scheme on the same updates, against Plaintext and the hardware floor.
 
 Points are a star around a base (n, m, dropout): n swept at the base m, m swept at the base n,
-the dropout rate swept, DP at the base point with each mechanism (where the Aggregator base takes dp=), and
-the scaling sweep to large n (schemes whose class says `scales_in_n`, e.g. SecAgg+). At each point
-every scheme gets the same updates, seed and dropped clients; each runs one warm-up round (Numba
-JIT, key generation: reported as first_call_s), then `repeats` rounds interleaved across the
-schemes so they share the machine's load. Figures are medians over those rounds. A scheme that
-raises records the error in its cell and the run goes on. Cell budget: a cell whose estimated
-round time (the scheme's largest measured round, scaled linearly in n x m) would not fit a
-warm-up and one timed round is skipped, and one that cannot fit all its rounds gets fewer (at
-least one; the cell records how many). Run budget (--quick): cells not started in time are skipped.
+the dropout rate swept, DP at the base point with each mechanism (where the Aggregator base takes dp=), the
+scaling sweep to large n (schemes whose class says `scales_in_n`, e.g. SecAgg+), and the config's special
+points (config.Special: their own n, a flat update or a model-shaped state_dict, schemes and DP variants).
+A point's arms are (scheme, DP mechanism or None); every arm gets the same updates, seed and dropped
+clients; each runs one warm-up round (Numba JIT, key generation: reported as first_call_s), then `repeats`
+rounds interleaved across the arms so they share the machine's load. Figures are medians over those
+rounds; each cell is set against Plaintext with the same DP at its point and, with DP, against the same
+scheme without DP there. A scheme that raises records the error in its cell and the run goes on. Cell
+budget: a cell whose estimated round time (the scheme's largest measured round, scaled linearly in
+n x m) would not fit a warm-up and one timed round is skipped, and one that cannot fit all its rounds
+gets fewer (at least one; the cell records how many). Run budget (--quick): cells not started in time are skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from securefl import schemes
 from securefl.aggregator import Aggregator
 from securefl.bench import floors, memory, output, peers
 from securefl.bench.config import Config, Progress
-from securefl.bench.workload import dropped_clients, make_updates
+from securefl.bench.workload import dropped_clients, make_state_dicts, make_updates, model_shapes, size
 from securefl.errors import InputError
 from securefl.report import Report
 
@@ -55,41 +57,78 @@ def make_mechanism(config: Config, kind: str) -> object:
     return cls(noise_multiplier=config.dp_noise_multiplier, clip=config.dp_clip)
 
 
+Arm = tuple[str, str | None]  # (scheme, DP mechanism or None)
+
+
 @dataclass
 class Point:
-    """One (n, m, dropout, DP mechanism or None) configuration, its sweeps and the schemes measured there."""
+    """One (n, m, dropout, update shape) configuration and its arms, each with the sweeps it belongs to. The update is
+    a flat vector of m values, or (model) a state_dict of workload.MODELS[model] at base width `width`."""
 
     n: int
     m: int
     dropout: float
-    dp: str | None
-    sweeps: set[str] = field(default_factory=set)
-    schemes: list[str] = field(default_factory=list)
+    model: str = ""
+    width: int = 0
+    arms: dict[Arm, set[str]] = field(default_factory=dict)
+
+    @property
+    def sweeps(self) -> set[str]:
+        return set().union(*self.arms.values())
+
+    @property
+    def schemes(self) -> list[str]:
+        return list(dict.fromkeys(name for name, _ in self.arms))
+
+    @property
+    def tensors(self) -> int:
+        return len(model_shapes(self.model, self.width)) if self.model else 1
+
+    def updates(self, seed: int) -> list:
+        """The n updates every arm gets: flat tensors, or state_dicts of the model's shapes."""
+        if self.model:
+            return make_state_dicts(self.n, model_shapes(self.model, self.width), seed)
+        return make_updates(self.n, self.m, seed)
 
 
 def plan(config: Config, names: list[str]) -> list[Point]:
-    """The points of the run, smallest n x m first (so skip estimates have data)."""
+    """The points of the run, smallest n x m first (so skip estimates have data); at each, the arms without DP first,
+    Plaintext first among them."""
     points: dict[tuple, Point] = {}
 
-    def add(n: int, m: int, d: float, dp: str | None, sweep: str, which: list[str]) -> None:
-        p = points.setdefault((n, m, d, dp), Point(n, m, d, dp))
-        p.sweeps.add(sweep)
-        p.schemes = [s for s in names if s in p.schemes or s in which]
+    def add(n: int, m: int, d: float, sweep: str, which: list[str], dp: str | None = None, model: str = "",
+            width: int = 0) -> None:
+        p = points.setdefault((n, m, d, model, width), Point(n, m, d, model, width))
+        for name in which:
+            p.arms.setdefault((name, dp), set()).add(sweep)
 
     c = config
     for n in c.ns:
-        add(n, c.base_m, c.base_dropout, None, "n", names)
+        add(n, c.base_m, c.base_dropout, "n", names)
     for m in c.ms:
-        add(c.base_n, m, c.base_dropout, None, "m", names)
+        add(c.base_n, m, c.base_dropout, "m", names)
     for d in c.dropouts:
-        add(c.base_n, c.base_m, d, None, "dropout", names)
-    for mech in c.dp_mechanisms if supports_dp() else ():
-        add(c.base_n, c.base_m, c.base_dropout, mech, "dp", names)
+        add(c.base_n, c.base_m, d, "dropout", names)
+    with_dp = supports_dp()
+    for mech in c.dp_mechanisms if with_dp else ():
+        add(c.base_n, c.base_m, c.base_dropout, "dp", [n for n in names if mech in schemes.dp_kinds(n)], mech)
     scaled = scaling_schemes(names)
     if scaled:
         for n in c.scaling_ns:
-            add(n, c.scaling_m, c.base_dropout, None, "scaling", [schemes.BASELINE, *scaled])
-    return sorted(points.values(), key=lambda p: (p.n * p.m, p.n, p.dropout, p.dp or ""))
+            add(n, c.scaling_m, c.base_dropout, "scaling", [schemes.BASELINE, *scaled])
+    for sp in c.specials:
+        which = [name for name in names if name == schemes.BASELINE or name in sp.schemes]
+        if len(which) < 2:  # none of its schemes is measured in this run
+            continue
+        width = sp.width if sp.model else 0
+        m = size(model_shapes(sp.model, width)) if sp.model else sp.m
+        for mech in sp.dp:
+            if mech is None or with_dp:
+                add(sp.n, m, sp.dropout, sp.name, which, mech, sp.model, width)
+    rank = {None: -1} | {k: i for i, k in enumerate(schemes.DP_KINDS)}
+    for p in points.values():
+        p.arms = dict(sorted(p.arms.items(), key=lambda a: (rank[a[0][1]], names.index(a[0][0]))))
+    return sorted(points.values(), key=lambda p: (p.n * p.m, p.n, p.dropout, p.model))
 
 
 def summarize(report: Report, wall: float, peak: int | None) -> dict:
@@ -180,10 +219,11 @@ class _Estimates:
         return seconds * n * m / size
 
 
-def _skip_reason(name: str, point: Point, config: Config, est: _Estimates, deadline: float | None) -> str | None:
+def _skip_reason(name: str, point: Point, budget: float, config: Config, est: _Estimates,
+                 deadline: float | None) -> str | None:
     if deadline is not None and time.perf_counter() > deadline:
         return f"the run's time budget of {config.run_budget_s:g} s was spent"
-    guess, budget = est.estimate(name, point.n, point.m), config.cell_budget(point.sweeps)
+    guess = est.estimate(name, point.n, point.m)
     if guess is not None and 2 * guess > budget:
         return (f"estimated {guess:.2f} s per round: a warm-up and one timed round exceed the cell budget "
                 f"of {budget:g} s")
@@ -196,72 +236,92 @@ def _timed_rounds(warmup: float, guess: float | None, config: Config, budget: fl
     return max(1, min(config.repeats, int((budget - warmup) / max(per_round, 1e-9))))
 
 
+def max_abs_diff(a: object, b: object) -> float:
+    """Largest absolute difference of two means (tensors, or state_dicts of them), in float64."""
+    if isinstance(a, dict):
+        return max(max_abs_diff(a[k], b[k]) for k in a)
+    return float((a.double() - b.double()).abs().max())
+
+
+def _label(arm: Arm, point: Point) -> str:
+    name, mech = arm
+    return f"{name}{' dp=' + mech if mech else ''} n={point.n} m={point.m}"
+
+
 def _measure_point(point: Point, config: Config, est: _Estimates, tick: Progress,
                    deadline: float | None = None) -> list[dict]:
-    """Warm up and time every scheme at one point; one finished cell per scheme."""
-    updates = make_updates(point.n, point.m, config.seed)
+    """Warm up and time every arm at one point; one finished cell per arm."""
+    updates = point.updates(config.seed)
     dropped = dropped_clients(point.n, point.dropout, config.seed)
     units = config.repeats + 1
-    cells, aggs, rounds, samples, last = {}, {}, {}, {}, {}
-    for name in point.schemes:
-        cell = cells[name] = {"scheme": name, "dp": point.dp, "n": point.n, "m": point.m, "dropout": point.dropout,
-                              "dropped": len(dropped), "sweeps": sorted(point.sweeps), "status": "ok"}
-        reason = _skip_reason(name, point, config, est, deadline)
+    cells: dict[Arm, dict] = {}
+    aggs, rounds, samples, last = {}, {}, {}, {}
+    for arm, sweeps in point.arms.items():
+        name, mech = arm
+        label = _label(arm, point)
+        cell = cells[arm] = {"scheme": name, "dp": mech, "n": point.n, "m": point.m, "model": point.model or None,
+                             "tensors": point.tensors, "dropout": point.dropout, "dropped": len(dropped),
+                             "sweeps": sorted(sweeps), "status": "ok"}
+        budget = config.cell_budget(sweeps)
+        reason = _skip_reason(name, point, budget, config, est, deadline)
         if reason:
             cell["status"], cell["error"] = "skipped", reason
-            tick(units, f"{name} skipped")
+            tick(units, f"{label} skipped")
             continue
-        tick(0, f"{name} n={point.n} m={point.m} warm-up")
+        tick(0, f"{label} warm-up")
         try:
             options = schemes.dropout_options(name, point.dropout)
-            if point.dp:
-                options["dp"] = make_mechanism(config, point.dp)
+            if mech:
+                options["dp"] = make_mechanism(config, mech)
             agg = schemes.make(name, seed=config.seed, **options)
             t0 = time.perf_counter()
             agg.aggregate(updates, dropped=dropped)
             cell["warmup_s"] = time.perf_counter() - t0
         except Exception as e:  # a failing scheme must not end the run: its cell records why
             cell["status"], cell["error"] = "error", _error(e)
-            tick(units, f"{name} failed")
+            tick(units, f"{label} failed")
             continue
-        aggs[name], samples[name] = agg, []
-        rounds[name] = _timed_rounds(cell["warmup_s"], est.estimate(name, point.n, point.m), config,
-                                     config.cell_budget(point.sweeps))
-        tick(1 + config.repeats - rounds[name], f"{name} n={point.n} m={point.m}")
+        aggs[arm], samples[arm] = agg, []
+        rounds[arm] = _timed_rounds(cell["warmup_s"], est.estimate(name, point.n, point.m), config, budget)
+        tick(1 + config.repeats - rounds[arm], label)
     for rep in range(config.repeats):
-        for name, agg in list(aggs.items()):
-            if rep >= rounds[name]:
+        for arm, agg in list(aggs.items()):
+            if rep >= rounds[arm]:
                 continue
-            tick(0, f"{name} n={point.n} m={point.m} round {rep + 1}/{rounds[name]}")
+            label = _label(arm, point)
+            tick(0, f"{label} round {rep + 1}/{rounds[arm]}")
             try:
                 with memory.peak_memory() as peak:
                     t0 = time.perf_counter()
-                    last[name] = agg.aggregate(updates, dropped=dropped)
+                    last[arm] = agg.aggregate(updates, dropped=dropped)
                     wall = time.perf_counter() - t0
-                samples[name].append(summarize(last[name].report, wall, peak.bytes))
+                samples[arm].append(summarize(last[arm].report, wall, peak.bytes))
             except Exception as e:
-                cells[name]["status"], cells[name]["error"] = "error", _error(e)
-                del aggs[name]
-                tick(rounds[name] - rep, f"{name} failed")
+                cells[arm]["status"], cells[arm]["error"] = "error", _error(e)
+                del aggs[arm]
+                tick(rounds[arm] - rep, f"{label} failed")
                 continue
-            tick(1, f"{name} n={point.n} m={point.m}")
-    base = last.get(schemes.BASELINE) if schemes.BASELINE in aggs else None
-    for name in aggs:
-        cell, res = cells[name], last[name]
-        cell.update(median_tree(samples[name]))
-        cell["repeats"] = len(samples[name])
+            tick(1, label)
+    reference = last.get((schemes.BASELINE, None)) if (schemes.BASELINE, None) in aggs else None
+    for arm in aggs:
+        cell, res = cells[arm], last[arm]
+        cell.update(median_tree(samples[arm]))
+        cell["repeats"] = len(samples[arm])
         cell["first_call_s"] = cell["warmup_s"] - cell["wall_s"]
         cell["survivors"] = len(res.report.survivors)
         cell["bytes_per_param"] = cell["parties"]["client"]["bytes_sent_per_party"] / point.m
         cell["params"] = _jsonable(res.report.params)
         cell["epsilon"] = res.report.epsilon
-        cell["max_abs_diff_vs_plaintext"] = (
-            float((res.mean.double() - base.mean.double()).abs().max()) if base is not None else None)
-        if point.dp is None:  # DP rounds add noise sampling and accounting; estimates come from plain rounds
-            est.add(name, point.n, point.m, cell["wall_s"])
-    if base is not None:
-        for name in aggs:
-            cells[name]["ratio"] = ratios(cells[name], cells[schemes.BASELINE])
+        cell["max_abs_diff_vs_plaintext"] = max_abs_diff(res.mean, reference.mean) if reference is not None else None
+        if arm[1] is None:  # DP rounds add noise sampling and accounting; estimates come from plain rounds
+            est.add(arm[0], point.n, point.m, cell["wall_s"])
+    for (name, mech), cell in cells.items():
+        if (name, mech) not in aggs:
+            continue
+        if (schemes.BASELINE, mech) in aggs:
+            cell["ratio"] = ratios(cell, cells[schemes.BASELINE, mech])
+        if mech and (name, None) in aggs:
+            cell["ratio_no_dp"] = ratios(cell, cells[name, None])
     return list(cells.values())
 
 
@@ -299,6 +359,8 @@ def run(config: Config, progress: Progress | None = None) -> dict:
     t_start = time.perf_counter()
     names = scheme_names(config)
     points = plan(config, names)
+    if config.peers:
+        peers.check(config)
     tick(0, "hardware floor")
     hw = floors.measure_hardware(config.quick)
     cells: list[dict] = []
@@ -322,5 +384,7 @@ def run(config: Config, progress: Progress | None = None) -> dict:
 
 def total_units(config: Config) -> int:
     """Progress units of a run (one per round of each cell, plus the peers)."""
-    cells = sum(len(p.schemes) for p in plan(config, scheme_names(config)))
-    return cells * (config.repeats + 1) + (len(peers.PEERS) if config.peers else 0)
+    points = plan(config, scheme_names(config))
+    cells = sum(len(p.arms) for p in points)
+    planned = set().union(*(p.sweeps for p in points))
+    return cells * (config.repeats + 1) + (peers.units(config, planned) if config.peers else 0)

@@ -14,10 +14,12 @@ from securefl import schemes
 LIBRARIES = ("securefl", "numpy", "torch", "numba", "cryptography", "tenseal", "phe", "gmpy2", "flwr",
              "dp-accounting", "matplotlib")
 HEADERS = ("scheme", "DP", "n", "m", "drop", "client s", "aggregators s", "client sent", "B/param",
-           "x plain client s", "x plain agg s", "x plain client B", "x floor client", "x floor agg", "peak MB",
-           "status")
+           "x plain client s", "x plain agg s", "x plain client B", "x no-DP round", "x floor client", "x floor agg",
+           "peak MB", "status")
 COMPACT = ("scheme", "DP", "n", "m", "drop", "client s", "aggregators s", "B/param", "x plain client s",
-           "x plain agg s", "x plain client B", "x floor agg", "peak MB", "status")
+           "x plain agg s", "x plain client B", "x no-DP round", "x floor agg", "peak MB", "status")
+SPECIAL_HEADERS = ("point", "scheme", "DP", "n", "m", "tensors", "round s", "x plain round", "x no-DP round",
+                   "client s", "upload / float32", "aggregators s", "aggregating parties over their floor", "status")
 
 
 def _cpu_model() -> str:
@@ -99,6 +101,7 @@ def row(cell: dict, columns: tuple[str, ...] = HEADERS, full_errors: bool = True
         "x plain client s": _g(rc.get("seconds_per_party"), "x"),
         "x plain agg s": _g(ratio.get("aggregator_seconds"), "x"),
         "x plain client B": _g(rc.get("bytes_sent_per_party"), "x"),
+        "x no-DP round": _g(cell.get("ratio_no_dp", {}).get("wall_s"), "x"),
         "x floor client": _g(cell.get("floor", {}).get("client", {}).get("x_floor"), "x"),
         "x floor agg": _g(_agg_floor(cell), "x"),
         "peak MB": "-" if peak is None else f"{peak / 1e6:.1f}",
@@ -107,7 +110,7 @@ def row(cell: dict, columns: tuple[str, ...] = HEADERS, full_errors: bool = True
     return tuple(values[c] for c in columns)
 
 
-PEER_HEADERS = ("peer", "n", "m", "round s", "client s", "aggregators s", "B/param", "vs securefl",
+PEER_HEADERS = ("peer", "point", "n", "m", "round s", "client s", "aggregators s", "B/param", "vs securefl",
                 "round s", "client s", "aggregators s", "B/param", "status")
 _PEER_KEYS = ("round_s", "client_s", "aggregators_s", "bytes_per_param")
 
@@ -116,8 +119,75 @@ def peer_row(peer: dict) -> tuple[str, ...]:
     """One table row of a peer, its figures and the compared securefl scheme's at the same point."""
     figures, ours = peer.get("figures") or {}, peer.get("securefl") or {}
     status = peer["status"] if peer["status"] == "ok" else f"{peer['status']}: {peer.get('error', '')}"
-    return (peer["name"], str(peer["n"]), str(peer["m"]), *(_g(figures.get(k)) for k in _PEER_KEYS),
-            peer["compare"], *(_g(ours.get(k)) for k in _PEER_KEYS), status)
+    return (peer["name"], peer.get("point", "base"), str(peer["n"]), str(peer["m"]),
+            *(_g(figures.get(k)) for k in _PEER_KEYS), peer["compare"], *(_g(ours.get(k)) for k in _PEER_KEYS), status)
+
+
+def _party_floors(cell: dict) -> str:
+    """Each aggregating party kind's slowest party over its floor, e.g. "server 1.2x, keyholder 4.9x"."""
+    return ", ".join(f"{kind} {_g(f.get('x_floor'), 'x')}" for kind, f in cell.get("floor", {}).items()
+                     if kind != "client")
+
+
+def special_row(point: str, cell: dict) -> tuple[str, ...]:
+    """One row of the special-points table: a cell of `point`."""
+    values = {"point": point, "scheme": cell["scheme"], "DP": cell["dp"] or "-", "n": str(cell["n"]),
+              "m": f"{cell['m']:,}", "tensors": str(cell.get("tensors", 1))}
+    if cell["status"] != "ok":
+        values["status"] = f"{cell['status']}: {cell.get('error', '')}"
+        return tuple(values.get(h, "-") for h in SPECIAL_HEADERS)
+    values |= {
+        "round s": _g(cell["wall_s"]),
+        "x plain round": _g(cell.get("ratio", {}).get("wall_s"), "x"),
+        "x no-DP round": _g(cell.get("ratio_no_dp", {}).get("wall_s"), "x"),
+        "client s": _g(cell["parties"].get("client", {}).get("seconds_per_party")),
+        "upload / float32": _g(cell["bytes_per_param"] / 4, "x"),
+        "aggregators s": _g(cell["aggregator_seconds"]),
+        "aggregating parties over their floor": _party_floors(cell) or "-",
+        "status": "ok",
+    }
+    return tuple(values[h] for h in SPECIAL_HEADERS)
+
+
+def special_points(results: dict) -> list[tuple[dict, list[dict]]]:
+    """The run's special points that were planned, each with its cells in measuring order."""
+    out = []
+    for sp in results["config"].get("specials", []):
+        cells = [c for c in results["cells"] if sp["name"] in c["sweeps"]]
+        if cells:
+            out.append((sp, cells))
+    return out
+
+
+def _arm_line(cell: dict) -> str:
+    """A cell of a special point in a few words: its round, its ratios, and (beside Plaintext) upload and floors."""
+    who = cell["scheme"] + (f" + {cell['dp']} DP" if cell["dp"] else "")
+    if cell["status"] != "ok":
+        return f"{who} {cell['status']}"
+    bits = [f"round {cell['wall_s']:.3g} s"]
+    if cell["scheme"] != schemes.BASELINE:
+        base = f"{schemes.BASELINE} + {cell['dp']} DP" if cell["dp"] else schemes.BASELINE
+        bits.append(f"{_g(cell.get('ratio', {}).get('wall_s'), 'x')} {base}")
+    if cell.get("ratio_no_dp"):
+        bits.append(f"{_g(cell['ratio_no_dp']['wall_s'], 'x')} the same without DP")
+    if cell["scheme"] != schemes.BASELINE:
+        bits += [f"client {_g(cell['parties']['client']['seconds_per_party'])} s",
+                 f"upload {_g(cell['bytes_per_param'] / 4, 'x')} float32"]
+        floors = _party_floors(cell)
+        if floors:
+            bits.append(f"over floor: {floors}")
+    return f"{who}: " + ", ".join(bits)
+
+
+def point_lines(results: dict) -> list[str]:
+    """One line per special point: what it is, its size, and each cell's round, ratios, upload and floors."""
+    lines = []
+    for sp, cells in special_points(results):
+        c = cells[0]
+        shape = f" in {c['tensors']} tensors ({sp['model']})" if c.get("model") else ""
+        lines.append(f"{sp['name']} [{sp['what']}] n={c['n']}, m={c['m']:,}{shape}: "
+                     + "; ".join(_arm_line(cell) for cell in cells))
+    return lines
 
 
 def _md_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -127,7 +197,7 @@ def _md_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def markdown(results: dict) -> str:
-    """The run as markdown: machine, floors, first-call seconds, the matrix, the peers."""
+    """The run as markdown: machine, floors, the matrix, the special points, first-call seconds, the peers."""
     mc, hw, cfg = results["machine"], results["hardware"], results["config"]
     libs = ", ".join(f"{k} {v}" for k, v in mc["libraries"].items() if v)
     parts = [
@@ -140,16 +210,31 @@ def markdown(results: dict) -> str:
         f"Each cell: one warm-up round, then the median of {cfg['repeats']} rounds interleaved across schemes; "
         f"same updates, seed and dropped clients for every scheme at a point. Seconds are per party "
         f"(client: mean over survivors) or summed over the aggregating parties; 'x plain' is the ratio to "
-        f"Plaintext at the same point in this run; 'x floor' is the slowest party's seconds over its floor "
+        f"Plaintext at the same point (with the same DP) in this run; 'x no-DP round' a DP cell's round over the "
+        f"same scheme's without DP, measured in the same interleaved rounds; 'x floor' is the slowest party's "
+        f"seconds over its floor "
         f"(the keystream it must expand and the words it must add at the rates above). Peak memory: "
         f"{results['memory_method']}, whole simulated round.",
         "## Matrix",
         _md_table(HEADERS, [row(c) for c in results["cells"]]),
+    ]
+    specials = special_points(results)
+    if specials:
+        parts += ["## Special points",
+                  "Each measured like any cell (the same updates for every cell of the point, a warm-up, medians "
+                  "of interleaved rounds). 'x plain round': the round over Plaintext's with the same DP at the "
+                  "point; 'x no-DP round': over the same scheme's without DP there; 'upload / float32': a "
+                  "client's upload bytes over 4 bytes per value; each aggregating party's slowest member, all "
+                  "its work in the round (a key holder's decryption included), over its floor.",
+                  "\n".join(f"- {line}" for line in point_lines(results)),
+                  _md_table(SPECIAL_HEADERS, [special_row(sp["name"], c) for sp, cells in specials for c in cells])]
+    parts += [
         "## First round (Numba JIT, key generation), seconds beyond a warm round",
         _md_table(("scheme", "first-call s"), [(k, f"{v:.3f}") for k, v in results["first_call_s"].items()]),
     ]
     if results["peers"]:
-        parts += ["## Peers (same run, base point; securefl's figures beside them)",
+        parts += ["## Peers (same run, at the base point and the special points that list them; securefl's "
+                  "figures at the same point beside them)",
                   _md_table(PEER_HEADERS, [peer_row(p) for p in results["peers"]])]
     return "\n\n".join(parts) + "\n"
 
@@ -200,7 +285,7 @@ def _sweep_plot(plt, cells: list[dict], sweep: str, axis: str, label: str, path:
 
 
 def _bytes_plot(plt, cells: list[dict], cfg: dict, path: Path) -> bool:
-    base = [c for c in cells if c["status"] == "ok" and not c["dp"] and c["n"] == cfg["base_n"]
+    base = [c for c in cells if c["status"] == "ok" and not c["dp"] and not c.get("model") and c["n"] == cfg["base_n"]
             and c["m"] == cfg["base_m"] and c["dropout"] == cfg["base_dropout"]]
     if not base:
         return False

@@ -53,17 +53,23 @@ KINDS = Kinds(Kind.CKKS_OPEN, Kind.CKKS_KEY, Kind.CKKS_SETUP, Kind.CKKS_READY, K
 DEGREES = ci.DEGREES
 
 
+def check_options(degree: int | None, distributed_noise: bool) -> None:
+    """ConfigError for a ring degree CKKS does not offer, or for distributed DP noise (clients encrypt reals,
+    not ring words: only the central mechanism applies)."""
+    if degree is not None and degree not in DEGREES:
+        raise ConfigError(f"poly_modulus_degree must be one of {DEGREES}, got {degree}")
+    if distributed_noise:
+        raise ConfigError(f"{SCHEME}: its clients encrypt reals, not ring words, and add no distributed noise; "
+                          "use dp.GaussianMechanism (--dp central) with it")
+
+
 def choose(config: RoundConfig, codec: RoundCodec) -> Params:
     """The CKKS parameters of `config` (options poly_modulus_degree: None for the smallest that fits; precompute)."""
     unknown = set(config.options) - {"poly_modulus_degree", "precompute"}
     if unknown:
         raise ConfigError(f"ckks: unknown options {sorted(unknown)} (it takes poly_modulus_degree, precompute)")
     degree = config.options.get("poly_modulus_degree")
-    if degree is not None and degree not in DEGREES:
-        raise ConfigError(f"poly_modulus_degree must be one of {DEGREES}, got {degree}")
-    if codec.client_variance:
-        raise ConfigError("ckks: its clients encrypt reals, not ring words, and add no distributed noise; "
-                          "use dp.GaussianMechanism with it")
+    check_options(degree, bool(codec.client_variance))
     return Params.choose(config.n, codec.layout, codec.fixed, degree, config.options.get("precompute", False))
 
 
@@ -127,10 +133,12 @@ class Client(base.Client):
             self._encrypter.precompute(self.policy.params.count)
 
     def _ciphertexts(self, update: object, weight: float) -> tuple[np.ndarray, int]:
-        """[w * clip(floats), ints, w], N values per ciphertext, packed."""
+        """[w * clip(floats), ints, w], N values per ciphertext, packed; w on the 2^-frac_bits grid, so the
+        key holder rounds the weight sum back to its exact value (a zero sum stays zero)."""
         p: Params = self.policy.params
         codec = self.policy.codec
         flat, wn = codec.flatten(self.id.index, update, weight)
+        wn = round(wn * p.fixed.scale) / p.fixed.scale
         p.fixed.check_ints(flat, codec.layout, self.id.index)
         buf = np.zeros(p.count * p.per_ciphertext)
         floats = buf[: p.floats]
@@ -153,12 +161,11 @@ class CKKS(HEAggregator):
     """
 
     scheme = SCHEME
-    distributed_dp = False  # clients encrypt reals, not ring words: only the central mechanism applies
     client_class, keyholder_class = Client, KeyHolder
 
     def __init__(self, *, poly_modulus_degree: int | None = None, precompute: bool = False, **kwargs):
-        if poly_modulus_degree is not None and poly_modulus_degree not in DEGREES:
-            raise ConfigError(f"poly_modulus_degree must be one of {DEGREES}, got {poly_modulus_degree}")
+        dp = kwargs.get("dp")
+        check_options(poly_modulus_degree, dp is not None and bool(dp.client_variance(kwargs.get("frac_bits", 16), 1)))
         super().__init__(**kwargs)
         self.poly_modulus_degree, self.precompute = poly_modulus_degree, bool(precompute)
 

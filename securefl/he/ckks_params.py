@@ -28,9 +28,10 @@ integer tensors and n * 2^-frac_bits > 0.25 are refused.
 The key holder does not release raw CKKS decryptions: those carry the decryption noise, which
 with the ciphertext lets a passive holder of both recover the secret key (Li and Micciancio,
 EUROCRYPT 2021); and it decrypts one sum per round only, so its fresh rounding cannot be averaged
-away over repeated requests. It range-checks the decrypted sums, rounds floats and the weight stochastically to
-the codec's 2^-frac_bits grid with fresh secret randomness (AES-CTR keyed from os.urandom) and
-integers to the nearest integer, and returns the codec's ring vector (`release`). This masks the noise;
+away over repeated requests. It range-checks the decrypted sums, rounds floats stochastically to
+the codec's 2^-frac_bits grid with fresh secret randomness (AES-CTR keyed from os.urandom), integers
+to the nearest integer and the weight sum (clients put their weights on that grid) to the nearest
+grid point, and returns the codec's ring vector (`release`). This masks the noise;
 it is a mitigation, not a proof of IND-CPA-D security. Error per coordinate of the normalised weighted
 sum over k clients: at most (k + 1) * 2^-frac_bits (CKKS noise plus one rounding).
 """
@@ -132,8 +133,9 @@ class Params:
 def release(values: np.ndarray, params: Params, count: int, who: str) -> np.ndarray:
     """Range-check decrypted sums of `count` clients and round them into the codec's ring vector.
 
-    Floats and the weight are rounded stochastically to 2^-frac_bits with secret randomness, ints to
-    the nearest integer; out-of-range values (not a sum of valid uploads) raise ProtocolError.
+    Floats are rounded stochastically to 2^-frac_bits with secret randomness; ints to the nearest
+    integer and the weight (a sum of values on the 2^-frac_bits grid) to the nearest grid point;
+    out-of-range values (not a sum of valid uploads) raise ProtocolError.
     """
     fixed, nf, ni = params.fixed, params.floats, params.ints
     slack = count * 2.0**-fixed.frac_bits
@@ -145,11 +147,11 @@ def release(values: np.ndarray, params: Params, count: int, who: str) -> np.ndar
         or (ni and (np.abs(ints - rounded).max() > 0.25 or np.abs(rounded).max() > count * fixed.int_bound))
     ):
         raise ProtocolError(f"{who}: decrypted values out of range for a sum of {count} clients")
-    words = Expander(nf + 1, np.uint64).expand(stream_key(os.urandom(32), b"securefl/ckks/release", b""))
+    words = Expander(nf, np.uint64).expand(stream_key(os.urandom(32), b"securefl/ckks/release", b""))
     uniform = (words >> np.uint64(11)) * 2.0**-53
     out = np.empty(params.length, fixed.dtype)
     signed = out.view(fixed.signed)
     encode_fixed(floats, uniform[:nf], np.inf, fixed.scale, signed[:nf])
     signed[nf : nf + ni] = rounded
-    encode_fixed(weight, uniform[nf:], np.inf, fixed.scale, signed[nf + ni :])
+    signed[nf + ni :] = np.rint(weight * fixed.scale)
     return out
