@@ -17,7 +17,7 @@ from securefl.codec import FixedPoint, Layout, flatten_all
 from securefl.errors import DropoutError, InputError
 from securefl.keys import Directory, Identity, create_identities
 from securefl.report import Report, Result
-from securefl.session import ModelSpec, RoundConfig, new_session
+from securefl.session import ModelSpec, RoundConfig, new_session, resolve_min_clients
 from securefl.simulation import Simulation
 from securefl.wire import PartyId
 
@@ -278,3 +278,25 @@ class Aggregator(ABC):
         report: Report = sim.report(totals.included, clipped_values=clipped, epsilon=totals.epsilon,
                                     delta=None if self.dp is None else self.dp.delta, params=params)
         return Result(mean=mean, sum=total, report=report)
+
+
+class MinimumBatch(Aggregator):
+    """A scheme whose decoding parties (HE key holder, AdditiveSharing helpers) release only sums of at least a
+    minimum batch of clients, each party from its own configuration (RoundConfig.min_clients).
+
+    min_clients: an int >= 2, a fraction of the round's clients (at least 2), or None for half of them
+    (securefl.session.resolve_min_clients).
+    """
+
+    def __init__(self, *, min_clients: int | float | None = None, **kwargs: Any):
+        resolve_min_clients(1 << 30, min_clients, self.scheme)  # its type and range now; against n once n is known
+        super().__init__(**kwargs)
+        self.min_clients = min_clients
+
+    def min_clients_for(self, n_clients: int) -> int:
+        """RoundConfig.min_clients of a deployment of n_clients: the minimum batch its parties enforce."""
+        return resolve_min_clients(n_clients, self.min_clients, self.scheme)
+
+    def min_survivors(self, n_clients: int) -> int:
+        """A round that finishes holds at least the minimum batch (distributed DP noise is sized for it)."""
+        return self.min_clients_for(n_clients)

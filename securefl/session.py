@@ -103,6 +103,34 @@ class ModelSpec:
         return cls(kind, keys, out)
 
 
+DEFAULT_MIN_FRACTION = 0.5  # the default minimum batch: half the round's clients
+
+
+def resolve_min_clients(n_clients: int, spec: int | float | None = None, scheme: str = "") -> int:
+    """The minimum batch of a round of n_clients (the fewest clients a released sum may hold): an int as
+    given, a fraction f in (0, 1] as max(2, ceil(f * n)), None as f = 0.5.
+
+    Never below 2 (a sum of one client is that client's update); ConfigError when n_clients cannot meet it.
+    """
+    who = f"{scheme}: " if scheme else ""
+    if isinstance(spec, bool) or not isinstance(spec, (int, np.integer, float, type(None))):
+        raise ConfigError(f"{who}min_clients must be an int >= 2, a fraction in (0, 1] or None, got {spec!r}")
+    if spec is None or isinstance(spec, float):
+        frac = DEFAULT_MIN_FRACTION if spec is None else spec
+        if not 0 < frac <= 1:
+            raise ConfigError(f"{who}min_clients as a fraction must be in (0, 1], got {frac}")
+        m = max(2, math.ceil(frac * n_clients))
+    else:
+        m = int(spec)
+        if m < 2:
+            raise ConfigError(f"{who}min_clients must be >= 2 (a sum of one client is that client's update), "
+                              f"got {m}")
+    if m > n_clients:
+        raise ConfigError(f"{who}a minimum batch of {m} clients cannot be met by {n_clients} clients (at least 2 "
+                          "clients are needed: a sum of one is that client's update)")
+    return m
+
+
 def _cpu() -> torch.device:
     import torch
 

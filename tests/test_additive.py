@@ -20,9 +20,10 @@ from securefl.crypto.prg import Expander, stream_key
 from securefl.encoding import RoundCodec
 from securefl.errors import AggregatorError, ConfigError, DropoutError, ProtocolError
 from securefl.keys import Identity
-from securefl.mpc.additive import AdditiveSharing, Client, Helper, Leader, resolve_min_clients
+from securefl.mpc.additive import AdditiveSharing, Client, Helper, Leader
 from securefl.mpc.additive.policy import ENVELOPE_BYTES, LABEL_SEAL, LABEL_SHARE, MACED_ENVELOPE_BYTES
 from securefl.protocol import run_round
+from securefl.session import resolve_min_clients
 from securefl.simulation import Simulation
 from securefl.wire import LEADER, PARTY_HEADER_SIZE, Kind, PartyId
 from tests.additive_parties import H1, H2, Deployment, client, upload_parts, with_header, with_parties

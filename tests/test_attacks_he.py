@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import securefl
-from securefl import dp, keys
+from securefl import dp, keys, schemes
 from securefl.errors import ConfigError, DropoutError, ProtocolError
 from securefl.he import base, paillier, sealing, state
 from securefl.he import ckks_io as ci
 from securefl.he import paillier_math as pm
-from securefl.he.policy import resolve_min_clients
+from securefl.session import resolve_min_clients
 from securefl.wire import KEYHOLDER, SERVER, Channel, PartyId
 from tests.he_parties import (
     SESSION,
@@ -227,15 +227,27 @@ def test_fewer_than_min_clients_are_refused_by_policy():
 @given(n=st.integers(1, 10**6), policy=st.one_of(st.none(), st.floats(0.001, 1.0), st.integers(1, 10**6)))
 def test_min_clients_policy(n, policy):
     try:
-        m = resolve_min_clients(policy, n)
-    except ConfigError:
-        assert isinstance(policy, int) and policy > n
+        m = resolve_min_clients(n, policy)
+    except ConfigError:  # never a batch of one, never more than the round's clients
+        want = policy if isinstance(policy, int) else max(2, math.ceil((policy or 0.5) * n))
+        assert want < 2 or want > n
         return
-    assert 1 <= m <= n
+    assert 2 <= m <= n
     if not isinstance(policy, int):
-        assert m >= min(2, n) and m >= min(n, math.ceil((policy or 0.5) * n))
+        assert m == max(2, math.ceil((policy or 0.5) * n))
     else:
         assert m == policy
+
+
+@pytest.mark.parametrize("name", ["ckks", "paillier"])
+def test_key_holder_never_decrypts_a_batch_of_one(name):
+    """A sum of one client is that client's update: neither a policy of 1 nor a one-client round is accepted."""
+    with pytest.raises(ConfigError, match="min_clients must be >= 2"):
+        schemes.make(name, min_clients=1)
+    with pytest.raises(ConfigError, match="minimum batch of 2 clients cannot be met by 1"):
+        schemes.make(name, seed=0).aggregate([torch.ones(4)])
+    with pytest.raises(ConfigError, match="minimum batch"):
+        Deployment(name, n=1)
 
 
 def test_min_clients_policy_refuses_nonsense():
@@ -258,8 +270,8 @@ def test_server_cannot_give_clients_another_key(dep):
                             rogue_signature)
     with pytest.raises(ProtocolError, match="client/0: key holder's key: invalid signature of keyholder"):
         rnd.client(0, setup=forged)
-    # the real key holder, made to hold another configuration (a smaller minimum): refused by the fingerprint
-    lax_config = dep.make_config(min_clients=1)
+    # the real key holder, made to hold another configuration (another minimum batch): refused by the fingerprint
+    lax_config = dep.make_config(min_clients=dep.policy.min_clients + 1)
     lax = dep.recipe.party(lax_config, dep.identities[KEYHOLDER])
     lax_key = lax.handle(open_message(dep, rnd.number, lax_config.fingerprint))
     relayed = rewrite_header(lax_key, dep.kinds.setup, SERVER, PartyId.client(0), rnd.number)

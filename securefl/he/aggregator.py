@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from securefl.aggregator import Aggregator, RoleView
+from securefl.aggregator import MinimumBatch, RoleView
 from securefl.errors import ConfigError
 from securefl.he.base import STAGES, Client, KeyHolder
-from securefl.he.policy import resolve_min_clients
 from securefl.he.server import Server
 from securefl.keys import Identity
 from securefl.protocol import Coordinator, Party
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
     from securefl.dp.accounting import Accountant
 
 
-class HEAggregator(Aggregator):
+class HEAggregator(MinimumBatch):
     """Shared recipe of the HE schemes: set up the round key, upload sealed ciphertexts, decrypt one checked sum.
 
     min_clients: the fewest distinct signed uploads the key holder decrypts a sum of (None: max(2, n/2);
@@ -60,11 +59,6 @@ class HEAggregator(Aggregator):
     client_class: ClassVar[type[Client]]
     keyholder_class: ClassVar[type[KeyHolder]]
 
-    def __init__(self, *, min_clients: int | float | None = None, **kwargs):
-        resolve_min_clients(min_clients, 1 << 30)  # check the policy now; against n once n is known
-        super().__init__(**kwargs)
-        self.min_clients = min_clients
-
     def roles(self) -> tuple[int, bool]:
         return 0, True
 
@@ -83,14 +77,6 @@ class HEAggregator(Aggregator):
                 "client": RoleView("its own update and the key holder's signed round key",
                                    f"the key holder; or the server and {b - 1} colluding clients, itself among them",
                                    "nothing")}
-
-    def min_clients_for(self, n_clients: int) -> int:
-        """RoundConfig.min_clients of a deployment of n_clients: the fewest clients the key holder decrypts."""
-        return resolve_min_clients(self.min_clients, n_clients)
-
-    def min_survivors(self, n_clients: int) -> int:
-        """A round that finishes holds at least min_clients inputs (distributed DP noise is scaled for it)."""
-        return self.min_clients_for(n_clients)
 
     @classmethod
     def party(cls, config: RoundConfig, identity: Identity, state: bytes | None = None) -> Party:

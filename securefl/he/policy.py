@@ -8,7 +8,6 @@ session and round; and the scheme's message kinds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -17,7 +16,7 @@ from securefl.dp.accounting import Accountant
 from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
 from securefl.keys import Identity
-from securefl.session import RoundConfig, RoundContext
+from securefl.session import RoundConfig, RoundContext, resolve_min_clients
 from securefl.wire import Kind, Reader, Role
 
 DIGEST_BYTES = 32  # SHA-256: configuration fingerprints, digests
@@ -34,27 +33,6 @@ class Kinds(NamedTuple):
     upload: Kind  # client -> server
     aggregate: Kind  # server -> key holder: the included sealed, signed uploads
     result: Kind  # key holder -> server: the signed ring vector of the sum
-
-
-def resolve_min_clients(policy: int | float | None, n_clients: int) -> int:
-    """The fewest distinct clients whose sum the key holder decrypts in a round of n_clients.
-
-    None: max(2, ceil(n / 2)); a float f in (0, 1]: max(2, ceil(f n)); an int: itself. Never more
-    than n (a federation of one client has nothing to hide its update among).
-    """
-    if policy is None:
-        policy = 0.5
-    if isinstance(policy, bool) or not isinstance(policy, (int, float)):
-        raise ConfigError(f"min_clients must be an int >= 1, a float in (0, 1] or None, got {policy!r}")
-    if isinstance(policy, float):
-        if not 0 < policy <= 1:
-            raise ConfigError(f"min_clients as a fraction must be in (0, 1], got {policy}")
-        return min(n_clients, max(2, math.ceil(policy * n_clients)))
-    if policy < 1:
-        raise ConfigError(f"min_clients must be >= 1, got {policy}")
-    if policy > n_clients:
-        raise ConfigError(f"min_clients={policy} exceeds the {n_clients} clients of the round")
-    return policy
 
 
 @dataclass(frozen=True)
@@ -79,7 +57,7 @@ class Policy:
             raise ConfigError(f"{scheme}: configuration of scheme {config.scheme!r}")
         if not config.directory.has_keyholder:
             raise ConfigError(f"{scheme}: the directory pins no key holder")
-        need = resolve_min_clients(config.min_clients or None, config.n)
+        need = resolve_min_clients(config.n, config.min_clients or None, scheme)
         codec = RoundCodec.of(config, need, accountant)
         return cls(scheme, kinds, config, codec, need, choose(config, codec))
 

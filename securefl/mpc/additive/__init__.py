@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from securefl.aggregator import Aggregator, Floor, RoleView
+from securefl.aggregator import Floor, MinimumBatch, RoleView
 from securefl.errors import ConfigError
 from securefl.keys import Identity
 from securefl.mpc.additive.client import Client
 from securefl.mpc.additive.helper import Helper
 from securefl.mpc.additive.leader import Leader
-from securefl.mpc.additive.policy import Policy, resolve_min_clients
+from securefl.mpc.additive.policy import Policy
 from securefl.protocol import Coordinator, Party
 from securefl.session import RoundConfig
 from securefl.wire import Role
@@ -42,10 +42,10 @@ from securefl.wire import Role
 if TYPE_CHECKING:
     from securefl.dp.accounting import Accountant
 
-__all__ = ["AdditiveSharing", "Client", "Helper", "Leader", "Policy", "resolve_min_clients"]
+__all__ = ["AdditiveSharing", "Client", "Helper", "Leader", "Policy"]
 
 
-class AdditiveSharing(Aggregator):
+class AdditiveSharing(MinimumBatch):
     """Additive secret sharing across K aggregators (a leader and K-1 helpers), secure against a malicious leader.
 
     Threat model. An individual update is learned only by all K aggregators together. A malicious
@@ -99,10 +99,8 @@ class AdditiveSharing(Aggregator):
         if num_aggregators < 2:
             raise ConfigError(f"num_aggregators must be >= 2 (one party alone would see every update), "
                               f"got {num_aggregators}")
-        resolve_min_clients(2**31, min_clients)  # check its type and range now; against n once n is known
-        super().__init__(**kwargs)
+        super().__init__(min_clients=min_clients, **kwargs)
         self.num_aggregators = int(num_aggregators)
-        self.min_clients = min_clients
 
     def options(self) -> dict:
         return {"num_aggregators": self.num_aggregators}
@@ -132,14 +130,6 @@ class AdditiveSharing(Aggregator):
                                                        "-", "updates"),
                 "client": RoleView("its own update and the helpers' signed keys",
                                    f"all {k} aggregators, or the leader and {b - 1} other clients", "nothing")}
-
-    def min_clients_for(self, n_clients: int) -> int:
-        """RoundConfig.min_clients of a deployment of n_clients: the minimum batch every helper enforces."""
-        return resolve_min_clients(n_clients, self.min_clients)
-
-    def min_survivors(self, n_clients: int) -> int:
-        """A round that finishes holds at least the minimum batch (distributed DP noise is sized for it)."""
-        return self.min_clients_for(n_clients)
 
     @classmethod
     def party(cls, config: RoundConfig, identity: Identity, state: bytes | None = None) -> Party:

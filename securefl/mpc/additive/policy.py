@@ -8,7 +8,6 @@ session, round number) into every signed or MAC'd message, sealed envelope and s
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from securefl.crypto.prg import SEED_BYTES
 from securefl.encoding import RoundCodec
 from securefl.errors import ConfigError, ProtocolError
 from securefl.keys import Identity
-from securefl.session import RoundConfig, RoundContext
+from securefl.session import RoundConfig, RoundContext, resolve_min_clients
 from securefl.wire import PartyId, Role
 
 if TYPE_CHECKING:
@@ -43,29 +42,6 @@ MACED_ENVELOPE_BYTES = ENVELOPE_BYTES + MAC_BYTES
 SIGNED_KEY_BYTES = crypto.PUBLIC_KEY_BYTES + crypto.SIGNATURE_BYTES
 MAX_REASON = 512
 OPENED, REJECTED = 0, 1
-DEFAULT_MIN_FRACTION = 0.5
-
-
-def resolve_min_clients(n_clients: int, spec: int | float | None = None) -> int:
-    """The minimum batch: an int as given, a fraction f in (0, 1] as max(2, ceil(f * n)), None as f = 0.5.
-
-    Never below 2 (a sum of one client is that client's update) and never above n_clients.
-    """
-    if isinstance(spec, bool) or not isinstance(spec, (int, np.integer, float, type(None))):
-        raise ConfigError(f"min_clients must be an int >= 2, a fraction in (0, 1] or None, got {spec!r}")
-    if spec is None or isinstance(spec, float):
-        frac = DEFAULT_MIN_FRACTION if spec is None else spec
-        if not 0 < frac <= 1:
-            raise ConfigError(f"min_clients as a fraction must be in (0, 1], got {frac}")
-        m = max(2, math.ceil(frac * n_clients))
-    else:
-        m = int(spec)
-        if m < 2:
-            raise ConfigError(f"min_clients must be >= 2 (a sum of one client is that client's update), got {m}")
-    if m > n_clients:
-        raise ConfigError(f"AdditiveSharing: a minimum batch of {m} clients cannot be met by {n_clients} clients "
-                          "(at least 2 clients are needed: a sum of one is that client's update)")
-    return m
 
 
 def _u32s(*ids: int) -> bytes:
@@ -95,7 +71,7 @@ class Policy:
         if config.directory.helpers != k - 1:
             raise ConfigError(f"AdditiveSharing: num_aggregators={k} needs helper/1 .. helper/{k - 1} in the "
                               f"directory, which lists {config.directory.helpers} helpers")
-        min_batch = resolve_min_clients(config.n, config.min_clients or None)  # 0: the default
+        min_batch = resolve_min_clients(config.n, config.min_clients or None, "AdditiveSharing")  # 0: the default
         return cls(config, k, min_batch, RoundCodec.of(config, min_batch, accountant))
 
     @property
