@@ -11,7 +11,7 @@ one run:
   decrypt, decode.
 
 The whole-protocol comparison (rounds, bytes, the key holder against its floor, a cProfile of a round) is
-benchmarks/bench_he.py; resnet18_shapes is its ResNet-18-sized workload.
+benchmarks/bench_he.py (its ResNet-18-sized workload: securefl.bench.workload.resnet18_shapes).
 Usage: python benchmarks/bench_ckks_profile.py [--clients 10] [--sample 200] [--json PATH]
 """
 
@@ -31,30 +31,6 @@ from tenseal import sealapi
 from securefl.he import ckks_io as ci
 
 CLIP, FRAC_BITS, SPECIAL_PRIME_BITS = 8.0, 16, 20
-
-
-def resnet18_shapes(width: int = 64, classes: int = 1000) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of the float tensors of torchvision's resnet18 state_dict at base width `width`."""
-    shapes: list[tuple[str, tuple[int, ...]]] = [("conv1.weight", (width, 3, 7, 7))]
-
-    def bn(name: str, c: int) -> None:
-        shapes.extend((f"{name}.{s}", (c,)) for s in ("weight", "bias", "running_mean", "running_var"))
-
-    bn("bn1", width)
-    cin = width
-    for li, mult in enumerate((1, 2, 4, 8), start=1):
-        c = width * mult
-        for b in range(2):
-            pre = f"layer{li}.{b}"
-            shapes.append((f"{pre}.conv1.weight", (c, cin if b == 0 else c, 3, 3)))
-            bn(f"{pre}.bn1", c)
-            shapes.append((f"{pre}.conv2.weight", (c, c, 3, 3)))
-            bn(f"{pre}.bn2", c)
-            if b == 0 and li > 1:
-                shapes.append((f"{pre}.downsample.0.weight", (c, cin, 1, 1)))
-                bn(f"{pre}.downsample.1", c)
-        cin = c
-    return [*shapes, ("fc.weight", (classes, cin)), ("fc.bias", (classes,))]
 
 
 def today_bits(n: int) -> tuple[int, int]:

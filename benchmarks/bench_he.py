@@ -45,13 +45,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from bench_ckks_profile import resnet18_shapes
 from tenseal import sealapi
 
 from securefl.bench import floors
 from securefl.bench.harness import summarize
 from securefl.bench.peers.he import per_value_paillier
-from securefl.bench.workload import make_updates
+from securefl.bench.workload import make_updates, resnet18_shapes
 from securefl.he import ckks_io as ci
 from securefl.he.ckks import CKKS
 from securefl.he.paillier import Paillier

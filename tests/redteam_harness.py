@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from securefl import keys
-from securefl.errors import SecureFLError
+from securefl.errors import ProtocolError, SecureFLError
 from securefl.keys import Directory
 from securefl.protocol import Coordinator, Party, Totals
 from securefl.session import new_session
@@ -85,6 +85,20 @@ class Fed:
     def ring(self, indices) -> np.ndarray:
         """The exact float sum (weight 1) of the listed clients' updates, float64."""
         return np.sum([self.updates[i].double().numpy() for i in indices], axis=0)
+
+
+def answers_once(fed: Fed, index: int, request: bytes) -> None:
+    """Client `index` answers `request` once: a replay is refused, and so it is after a restart from its saved
+    state (a client restored from state_dict() cannot be made to answer again)."""
+    import pytest
+
+    who = PartyId.client(index)
+    fed.client(index).handle(request, fed.source(who))
+    with pytest.raises(ProtocolError):
+        fed.client(index).handle(request, fed.source(who))
+    fed.restore(who, fed.client(index).state_dict())
+    with pytest.raises(ProtocolError):
+        fed.client(index).handle(request, fed.source(who))
 
 
 def mutations(data: bytes, rng: np.random.Generator, count: int, protect: int = 0) -> list[bytes]:

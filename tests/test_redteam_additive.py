@@ -18,7 +18,15 @@ from securefl.mpc.additive import AdditiveSharing
 from securefl.mpc.additive.policy import MACED_ENVELOPE_BYTES, SIGNED_KEY_BYTES
 from securefl.wire import LEADER, Channel, Kind, PartyId, peek
 
-from .redteam_harness import Fed, escapes, json_variants, mutations, non_bytes_escapes, only_securefl_errors
+from .redteam_harness import (
+    Fed,
+    answers_once,
+    escapes,
+    json_variants,
+    mutations,
+    non_bytes_escapes,
+    only_securefl_errors,
+)
 
 cid, hid = PartyId.client, PartyId.helper
 
@@ -145,13 +153,7 @@ def test_clients_refuse_substituted_replayed_or_swapped_helper_keys():
 def test_client_answers_one_request_per_round_even_after_a_restart():
     fed = _fed()
     coord = fed.coordinator()
-    req = _to(fed, coord, "upload")[cid(0)]
-    fed.client(0).handle(req, fed.source(cid(0)))
-    with pytest.raises(ProtocolError):
-        fed.client(0).handle(req, fed.source(cid(0)))
-    fed.restore(cid(0), fed.client(0).state_dict())
-    with pytest.raises(ProtocolError):
-        fed.client(0).handle(req, fed.source(cid(0)))
+    answers_once(fed, 0, _to(fed, coord, "upload")[cid(0)])
 
 
 def test_envelopes_cannot_be_moved_between_clients_or_rounds():

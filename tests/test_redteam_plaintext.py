@@ -20,7 +20,16 @@ from securefl.keys import Directory
 from securefl.session import ReplayGuard, RoundConfig
 from securefl.wire import SERVER, Channel, Kind, PartyId, peek
 
-from .redteam_harness import Fed, clone, escapes, json_variants, mutations, non_bytes_escapes, only_securefl_errors
+from .redteam_harness import (
+    Fed,
+    answers_once,
+    clone,
+    escapes,
+    json_variants,
+    mutations,
+    non_bytes_escapes,
+    only_securefl_errors,
+)
 
 cid = PartyId.client
 
@@ -32,13 +41,7 @@ def _fed() -> Fed:
 def test_client_refuses_replays_and_other_configurations():
     fed = _fed()
     coord = fed.coordinator()
-    req = coord.start()[cid(0)]
-    fed.client(0).handle(req, fed.source(cid(0)))
-    with pytest.raises(ProtocolError):
-        fed.client(0).handle(req, fed.source(cid(0)))
-    fed.restore(cid(0), fed.client(0).state_dict())
-    with pytest.raises(ProtocolError):
-        fed.client(0).handle(req, fed.source(cid(0)))
+    answers_once(fed, 0, coord.start()[cid(0)])
     other = Fed(securefl.Plaintext(), n=4)
     with pytest.raises(ProtocolError):
         fed.client(1).handle(other.agg.coordinator(other.config, fed.session, 5).start()[cid(1)], fed.source(cid(1)))
