@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 
 import numpy as np
 
@@ -67,11 +68,11 @@ class PartyId:
 
     @classmethod
     def client(cls, index: int) -> PartyId:
-        return cls(Role.CLIENT, int(index))
+        return _party(Role.CLIENT, int(index))
 
     @classmethod
     def helper(cls, index: int) -> PartyId:
-        return cls(Role.HELPER, int(index))
+        return _party(Role.HELPER, int(index))
 
     @classmethod
     def parse(cls, text: str) -> PartyId:
@@ -93,6 +94,12 @@ class PartyId:
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.index}" if self.role in _INDEXED else self.kind
+
+
+@lru_cache(maxsize=1 << 16)
+def _party(role: int, index: int) -> PartyId:
+    """PartyId(role, index), one object per id (every message header names two: the hot path of reading)."""
+    return PartyId(Role(role), index)
 
 
 SERVER = PartyId(Role.SERVER)
@@ -309,7 +316,7 @@ def peek(data: bytes | memoryview, what: str = "message") -> Header:
         raise ProtocolError(f"{what}: truncated header ({len(buf)} bytes)")
     _, _, _, session, round_, s_role, s_index, r_role, r_index = _HEADER2.unpack_from(buf, 0)
     try:
-        sender, receiver = PartyId(Role(s_role), s_index), PartyId(Role(r_role), r_index)
+        sender, receiver = _party(s_role, s_index), _party(r_role, r_index)
     except (ValueError, InputError):
         raise ProtocolError(f"{what}: header names no valid sender or receiver") from None
     return Header(version, kind, session, round_, 0, sender, receiver, _HEADER2.size)
