@@ -224,3 +224,13 @@ def test_a_special_point_naming_an_unknown_peer_is_an_input_error():
     bad = presets.Special("x", "x", n=3, schemes=("additive",), m=10, peers=("nobody",))
     with pytest.raises(InputError, match="nobody"):
         harness.run(presets.preset(True, schemes=("additive",), specials=(bad,), **(TINY | {"peers": True})))
+
+
+def test_estimate_scales_from_a_round_no_larger_in_n_or_m():
+    est = harness._Estimates()
+    est.add("secagg+", 8, 1_000, 0.02)
+    est.add("secagg+", 200, 100, 2.6)  # many clients, few parameters: public-key work, not m
+    assert est.estimate("secagg+", 8, 10_000) == pytest.approx(0.2)  # from (8, 1e3), not 2.6 x 4 from (200, 100)
+    assert est.estimate("secagg+", 400, 100) == pytest.approx(5.2)
+    assert est.estimate("secagg+", 2, 50) == pytest.approx(2.6 * 100 / 20_000)  # nothing below: the largest round
+    assert est.estimate("ckks", 8, 1_000) is None

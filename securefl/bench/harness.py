@@ -9,9 +9,10 @@ clients; each runs one warm-up round (Numba JIT, key generation: reported as fir
 rounds interleaved across the arms so they share the machine's load. Figures are medians over those
 rounds; each cell is set against Plaintext with the same DP at its point and, with DP, against the same
 scheme without DP there. A scheme that raises records the error in its cell and the run goes on. Cell
-budget: a cell whose estimated round time (the scheme's largest measured round, scaled linearly in
-n x m) would not fit a warm-up and one timed round is skipped, and one that cannot fit all its rounds
-gets fewer (at least one; the cell records how many). Run budget (--quick): cells not started in time are skipped.
+budget: a cell whose estimated round time (the scheme's largest measured round at no more clients and
+parameters, scaled linearly in n x m) would not fit a warm-up and one timed round is skipped, and one that
+cannot fit all its rounds gets fewer (at least one; the cell records how many). Run budget (--quick): cells
+not started in time are skipped.
 """
 
 from __future__ import annotations
@@ -211,11 +212,14 @@ class _Estimates:
         self._seen.setdefault(key, []).append((n, m, seconds))
 
     def estimate(self, key: str, n: int, m: int) -> float | None:
-        """Seconds of a round at (n, m): the scheme's largest measured round scaled linearly in n x m."""
-        seen = [(rn * rm, s) for rn, rm, s in self._seen.get(key, [])]
+        """Seconds of a round at (n, m): the scheme's largest measured round at no more clients and parameters
+        (any measured round when there is none) scaled linearly in n x m. A large-n, small-m round says little
+        about a small-n, large-m one: scaled to it, a SecAgg+ round of 200 clients would skip 8 clients x 1e4."""
+        seen = self._seen.get(key, [])
         if not seen:
             return None
-        size, seconds = max(seen)
+        below = [(rn * rm, s) for rn, rm, s in seen if rn <= n and rm <= m]
+        size, seconds = max(below or [(rn * rm, s) for rn, rm, s in seen])
         return seconds * n * m / size
 
 
