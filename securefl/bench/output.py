@@ -230,6 +230,8 @@ def markdown(results: dict) -> str:
                   _md_table(SPECIAL_HEADERS, [special_row(sp["name"], c) for sp, cells in specials for c in cells])]
     parts += [
         "## First round (Numba JIT, key generation), seconds beyond a warm round",
+        "The warm-up round less the median timed round of the scheme's first cell; a value near or below zero "
+        "means the scheme has no first-call cost beyond the round-to-round noise.",
         _md_table(("scheme", "first-call s"), [(k, f"{v:.3f}") for k, v in results["first_call_s"].items()]),
     ]
     if results["peers"]:
