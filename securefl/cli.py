@@ -71,7 +71,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from securefl.fedavg import train
 
     if args.engine == "flower":  # the same training through Flower's simulation engine (the flower extra)
-        from securefl.flower.training import train
+        try:
+            from securefl.flower.training import train
+        except ModuleNotFoundError as e:
+            raise InputError(f"--engine flower: {e}") from None
     agg = _aggregator(args)
     stage = args.dropout_stage or agg.input_stage
     if stage not in agg.stages:
@@ -169,7 +172,8 @@ def _add_scheme_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregator", choices=schemes.names(), default=DEFAULT_AGGREGATOR)
     p.add_argument("--neighbors", type=_neighbors, metavar="{auto,complete,K}",
                    help="(schemes with share holders) share holders per client: 'auto' (SecAgg+ parameter finder, "
-                        "for the run's --dropout), 'complete' (every other client) or an integer K >= 2")
+                        "sized for a 5%% dropout rate, or securefl run's --dropout when higher), 'complete' (every "
+                        "other client) or an integer K >= 2")
     p.add_argument("--threshold", type=_threshold, metavar="T",
                    help="(schemes with share holders) shares needed to reconstruct: an integer count, or a fraction "
                         "in (0, 1] of the share holders")
@@ -282,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=10)
     run.add_argument("--rounds", type=int, default=20)
     run.add_argument("--local-epochs", type=int, default=2)
-    run.add_argument("--dropout", type=float, default=0.0, help="fraction of the selected clients that drop each round")
+    run.add_argument("--dropout", type=float, default=0.0,
+                     help="probability that each selected client drops in a round")
     run.add_argument("--dropout-stage", metavar="STAGE",
                      help="the protocol stage at which they drop: any stage of the scheme (e.g. SecAgg's share_keys "
                           "or unmasking; a name the scheme lacks is refused with its list); default: the scheme's "

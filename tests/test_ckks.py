@@ -3,6 +3,8 @@ bytes. (The generic contract: tests/test_conformance.py.)"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,16 +14,18 @@ from tenseal import sealapi
 
 from securefl import keys
 from securefl.codec import FixedPoint, flatten_all
-from securefl.errors import ConfigError, InputError, ProtocolError
+from securefl.errors import ConfigError, DropoutError, InputError, ProtocolError
 from securefl.he import base
 from securefl.he import ckks_io as ci
 from securefl.he.ckks import CKKS, Client, KeyHolder
-from securefl.he.ckks_params import Params, release
+from securefl.he.ckks_params import WEIGHT_NOISE, Params, release
 from securefl.he.server import Server
+from securefl.protocol import rebuild
 from securefl.session import ModelSpec, RoundConfig
-from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId
+from securefl.wire import KEYHOLDER, SERVER, Channel, Kind, PartyId, Role
 from tests.conftest import state_updates
 from tests.he_parties import SESSION, Deployment, make_config, sign_upload, upload_body
+from tests.redteam_harness import Fed
 from tests.reference import assert_close
 
 ARRAY_HEAD = 9  # wire.Writer.array: a dtype code and a u64 count
@@ -91,18 +95,48 @@ def test_several_ciphertexts_per_client_and_ints():
     assert torch.equal(res.sum[1], sum(u[1] for u in ups).long())
 
 
-@pytest.mark.parametrize("noise", [-0.45, -0.1, 0.1, 0.45])
-def test_weight_sum_is_released_exactly_on_its_grid(noise):
-    """Clients put their weights on the 2^-frac_bits grid, so the key holder rounds the decrypted weight sum to the
-    nearest grid point: CKKS noise can neither make a zero sum positive (a mean over nothing) nor move a sum."""
+@pytest.mark.parametrize("n", [3, 64, 1000])
+def test_weight_slots_round_to_the_exact_weight_sum_under_noise(n):
+    """The weight rides in R slots as F w; their mean over F rounds to the exact weight sum although one slot's
+    noise (WEIGHT_NOISE per client, growing as sqrt(n)) reaches half a grid unit from a few dozen clients on:
+    a zero sum stays zero (no mean over nothing) and no sum moves."""
+    fixed = FixedPoint.choose(n, clip=8.0, frac_bits=16, int_bound=0)
+    p = Params.choose(n, flatten_all([torch.zeros(10)])[0], fixed, None, False)  # floats only: F = clip = 8
+    unit, rng = 2.0**-16, np.random.default_rng(n)
+    sigma = WEIGHT_NOISE * math.sqrt(n) * unit
+    assert p.weight_scale == 8 and p.count * p.per_ciphertext >= p.values == p.length - 1 + p.weight_slots
+    for weight_sum in (0.0, 3 * unit, n / 2):
+        for _ in range(20):
+            values = np.zeros(p.values)
+            values[p.length - 1 :] = p.weight_scale * weight_sum + rng.normal(0, sigma, p.weight_slots)
+            ring = release(values, p, n, "test").view(p.fixed.signed)
+            assert ring[p.length - 1] == round(weight_sum / unit)
+
+
+def test_weight_sum_off_its_grid_is_refused():
+    """Weights that do not sum to a grid point are no honest sum (and rounding them would turn the noise's sign
+    into the released weight)."""
     fixed = FixedPoint.choose(3, clip=8.0, frac_bits=16, int_bound=2**16)
     p = Params.choose(3, flatten_all(state_updates(1))[0], fixed, None, False)
-    unit = 2.0**-p.fixed.frac_bits
-    for weight_sum in (0.0, 3 * unit, 1.5):
-        values = np.zeros(p.length)
-        values[p.length - 1] = weight_sum + noise * unit
-        ring = release(values, p, 3, "test").view(p.fixed.signed)
-        assert ring[p.length - 1] == round(weight_sum / unit)
+    values = np.zeros(p.values)
+    values[p.length - 1 :] = p.weight_scale * 1.5 * 2.0**-16
+    with pytest.raises(ProtocolError, match="off its"):
+        release(values, p, 3, "test")
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_many_clients_get_their_exact_weight_sum(weight):
+    """64 honest clients through the real protocol: the weight sum released is exact in every round (one weight
+    slot rounded to a neighbour in 8 of 20 such rounds), and all-zero weights give no mean."""
+    fed = Fed(CKKS(), n=64, m=6)
+    fed.source = lambda pid, values=None: None if pid.role != Role.CLIENT else (lambda i=pid.index: (
+        fed.updates[i], weight))
+    for _ in range(5):
+        totals = fed.run(fed.coordinator())
+        assert totals.weight * 2**16 == 64 * round(weight * 2**16)
+        if weight == 0:
+            with pytest.raises(DropoutError):
+                rebuild(totals, fed.config.model.layout(), 1.0)
 
 
 def test_larger_ring_degree_keeps_the_bound():
@@ -192,7 +226,9 @@ def test_only_the_keyholder_holds_a_secret_key(parties):
     kh = p["kh"]
     got = decrypt_section(kh, p["rnd"].opened(p["rnd"].uploads[0]))
     assert np.abs(got[:50] - p["dep"].ups[0].numpy()).max() < 1e-4
-    assert abs(got[50] - 1.0) < 1e-4 and np.abs(got[51:]).max() < 1e-4  # the weight slot, then zero padding
+    params, w = kh.policy.params, slice(50, 50 + kh.policy.params.weight_slots)
+    assert np.abs(got[w] - params.weight_scale).max() < 1e-4  # the weight slots (F w, w = 1), then zero padding
+    assert np.abs(got[w.stop :]).max() < 1e-4
     r = Channel(PartyId.client(0), SESSION, p["rnd"].number).read(p["rnd"].setups[PartyId.client(0)], Kind.CKKS_SETUP)
     key, _ = base.read_key(r, p["dep"].policy, p["dep"].config.context(SESSION, p["rnd"].number))
     public, seal = base.split_round_key(key, "test")

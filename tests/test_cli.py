@@ -4,6 +4,7 @@ plain piped output, bad options."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -191,3 +192,13 @@ def test_dirichlet_split_covers_every_example_once():
     allidx = np.concatenate(parts)
     assert len(parts) == 7 and all(len(p) > 0 for p in parts)
     assert np.array_equal(np.sort(allidx), np.arange(500))
+
+
+def test_engine_flower_without_flower_names_the_extra(monkeypatch, capsys):
+    """Without the flower extra, --engine flower is an error that says what to install, not a traceback."""
+    for name in [m for m in sys.modules if m.split(".")[0] == "flwr" or m.startswith("securefl.flower")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flwr", None)  # import flwr raises ModuleNotFoundError
+    assert main(["run", "--engine", "flower", "--rounds", "1"]) == 2
+    out = capsys.readouterr()
+    assert '.[flower]' in out.out + out.err and "Traceback" not in out.out + out.err

@@ -18,7 +18,13 @@ clients)` (re-exported here).
 See docs/flower.md for the commands of a simulation and of a multi-process deployment.
 """
 
-from securefl.deploy import write_federation
+try:
+    import flwr  # noqa: F401  (the flower extra)
+except ModuleNotFoundError:
+    raise ModuleNotFoundError('securefl.flower needs Flower: pip install -c constraints.txt -e ".[flower]" in a '
+                              "checkout, or pip install \"securefl[flower]\"", name="flwr") from None
+
+from securefl.deploy import write_federation  # noqa: E402
 from securefl.flower.federation import simulation_parties
 from securefl.flower.grid import RoundRecord, SecureGrid
 from securefl.flower.node import (

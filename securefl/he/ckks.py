@@ -113,7 +113,7 @@ class KeyHolder(base.KeyHolder):
 
     def _decrypt(self, acc: ci.Accumulator, count: int, who: str) -> np.ndarray:
         p: Params = self.policy.params
-        return release(self._decrypter.decrypt(acc.result(), who)[: p.length], p, count, who)
+        return release(self._decrypter.decrypt(acc.result(), who)[: p.values], p, count, who)
 
 
 class Client(base.Client):
@@ -133,8 +133,8 @@ class Client(base.Client):
             self._encrypter.precompute(self.policy.params.count)
 
     def _ciphertexts(self, update: object, weight: float) -> tuple[np.ndarray, int]:
-        """[w * clip(floats), ints, w], N values per ciphertext, packed; w on the 2^-frac_bits grid, so the
-        key holder rounds the weight sum back to its exact value (a zero sum stays zero)."""
+        """[w * clip(floats), ints, F w x R], N values per ciphertext, packed; w on the 2^-frac_bits grid, so the
+        key holder rounds the weight slots' mean back to the exact weight sum (a zero sum stays zero)."""
         p: Params = self.policy.params
         codec = self.policy.codec
         flat, wn = codec.flatten(self.id.index, update, weight)
@@ -146,7 +146,7 @@ class Client(base.Client):
         clipped = int(np.count_nonzero(floats != flat.floats))
         floats *= wn
         buf[p.floats : p.floats + p.ints] = flat.ints
-        buf[p.length - 1] = wn
+        buf[p.floats + p.ints : p.values] = wn * p.weight_scale
         return self._encrypter.encrypt(buf), clipped
 
 

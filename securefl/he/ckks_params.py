@@ -17,27 +17,34 @@ precompute), at 128-bit security (ckks_io.Scheme.choose):
   frac_bits = 16, floats only: N = 4096, one 43-bit prime (of the 109 allowed), scale 2^33, 4096 values
   per ciphertext, 2 x 4096 coefficients of 43 bits on the wire (10.75 bytes per value).
 
-Clients send [w * clip(floats), ints, w] (w: normalised weight, see securefl.encoding) zero-padded to
-whole ciphertexts of N values: CKKS slots are complex, so each of the N/2 slots carries two reals
-(value 2j in slot j's real part, 2j+1 in its imaginary part), half the encryptions and bytes of one
-real per slot; the noise is the same in a slot's real and imaginary parts (measured). Integer tensors
-ride as reals at the same scale; their sums are rounded to the nearest integer, exact because the
-noise of a sum of n (sqrt(n) * 2^-frac_bits at 8 standard deviations) stays below 0.25: rounds with
-integer tensors and n * 2^-frac_bits > 0.25 are refused.
+Clients send [w * clip(floats), ints, F w, ..., F w] (w: normalised weight, see securefl.encoding, on the
+2^-frac_bits grid; R copies of F w, see below) zero-padded to whole ciphertexts of N values: CKKS slots are
+complex, so each of the N/2 slots carries two reals (value 2j in slot j's real part, 2j+1 in its imaginary
+part), half the encryptions and bytes of one real per slot; the noise is the same in a slot's real and
+imaginary parts (measured). Integer tensors ride as reals at the same scale; their sums are rounded to the
+nearest integer, exact because the noise of a sum of n (sqrt(n) * 2^-frac_bits at 8 standard deviations) stays
+below 0.25: rounds with integer tensors and n * 2^-frac_bits > 0.25 are refused.
 
 The key holder does not release raw CKKS decryptions: those carry the decryption noise, which
 with the ciphertext lets a passive holder of both recover the secret key (Li and Micciancio,
 EUROCRYPT 2021); and it decrypts one sum per round only, so its fresh rounding cannot be averaged
 away over repeated requests. It range-checks the decrypted sums, rounds floats stochastically to
 the codec's 2^-frac_bits grid with fresh secret randomness (AES-CTR keyed from os.urandom), integers
-to the nearest integer and the weight sum (clients put their weights on that grid) to the nearest
-grid point, and returns the codec's ring vector (`release`). This masks the noise;
+to the nearest integer and the weight sum to its grid point, and returns the codec's ring vector
+(`release`). The weight sum must be exact (a zero sum must stay zero: a round whose survivors all weigh 0
+has no mean), but one slot's noise, about 0.06 grid units per client (measured; WEIGHT_NOISE takes 0.25),
+grows as sqrt(n) and rounds a sum of 64 clients to a neighbour in 2 rounds of 5. So each client puts F w
+in R slots: F, the largest power of two <= the peak the primes already hold (8 at the default clip), and
+R = ceil(n (2 Z WEIGHT_NOISE / F)^2) with Z = WEIGHT_SIGMAS, so that the noise of the slots' mean, over
+F, is below half a grid unit at Z standard deviations (R = 15 for 100 clients at clip 8; 9 n at clip < 2).
+A mean farther than a quarter grid unit from the grid is no honest sum and is refused. This masks the noise;
 it is a mitigation, not a proof of IND-CPA-D security. Error per coordinate of the normalised weighted
 sum over k clients: at most (k + 1) * 2^-frac_bits (CKKS noise plus one rounding).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -49,6 +56,9 @@ from securefl.crypto.prg import Expander, stream_key
 from securefl.errors import ConfigError, ProtocolError
 from securefl.he import bitpack
 from securefl.he.ckks_io import Scheme, max_coeff_bits
+
+WEIGHT_NOISE = 0.25  # std of one client's noise in a slot, in 2^-frac_bits units (measured 0.06 at N = 4096)
+WEIGHT_SIGMAS = 6  # the weight slots' mean rounds to the exact sum unless its noise exceeds this many std
 
 
 @dataclass(frozen=True)
@@ -73,8 +83,7 @@ class Params:
                 f"CKKS cannot sum integer tensors exactly for {n_clients} clients at frac_bits={fixed.frac_bits}: "
                 "raise frac_bits so that n * 2^-frac_bits <= 0.25"
             )
-        peak = max(fixed.clip if layout.float_size else 0.0, float(fixed.int_bound) if layout.int_size else 0.0, 1.0)
-        s = Scheme.choose(n_clients, peak, fixed.frac_bits, degree)
+        s = Scheme.choose(n_clients, _peak(layout.float_size, layout.int_size, fixed), fixed.frac_bits, degree)
         return cls(s.degree, s.prime_bits, s.scale_bits, n_clients, layout.float_size, layout.int_size, fixed,
                    bool(precompute))
 
@@ -94,13 +103,28 @@ class Params:
 
     @property
     def length(self) -> int:
-        """Values per client: floats, ints and the weight slot."""
+        """Values of the released ring vector: floats, ints and the weight sum."""
         return self.floats + self.ints + 1
+
+    @property
+    def weight_scale(self) -> float:
+        """F: a client puts F w in each weight slot (the largest power of two the primes already hold)."""
+        return 2.0 ** math.floor(math.log2(_peak(self.floats, self.ints, self.fixed)))
+
+    @property
+    def weight_slots(self) -> int:
+        """R: copies of F w whose mean, over F, rounds to the exact weight sum (see the module docstring)."""
+        return max(1, math.ceil(self.n_clients * (2 * WEIGHT_SIGMAS * WEIGHT_NOISE / self.weight_scale) ** 2))
+
+    @property
+    def values(self) -> int:
+        """Values a client encrypts: floats, ints and the weight slots."""
+        return self.floats + self.ints + self.weight_slots
 
     @property
     def count(self) -> int:
         """Ciphertexts per client."""
-        return -(-self.length // self.per_ciphertext)
+        return -(-self.values // self.per_ciphertext)
 
     @property
     def ciphertext_bytes(self) -> int:
@@ -124,6 +148,7 @@ class Params:
             "max_coeff_bits": max_coeff_bits(self.degree),
             "values_per_ciphertext": self.per_ciphertext,
             "ciphertexts_per_client": self.count,
+            "weight_slots": self.weight_slots,
             "precompute": self.precompute,
             "ring_bits": self.fixed.ring_bits,
             "sum_error_bound": self.sum_error_bound(self.n_clients),
@@ -131,27 +156,37 @@ class Params:
 
 
 def release(values: np.ndarray, params: Params, count: int, who: str) -> np.ndarray:
-    """Range-check decrypted sums of `count` clients and round them into the codec's ring vector.
+    """Range-check the decrypted sums of `count` clients (params.values of them) and round them into the
+    codec's ring vector.
 
     Floats are rounded stochastically to 2^-frac_bits with secret randomness; ints to the nearest
-    integer and the weight (a sum of values on the 2^-frac_bits grid) to the nearest grid point;
-    out-of-range values (not a sum of valid uploads) raise ProtocolError.
+    integer; the weight slots' mean over F to its 2^-frac_bits grid point. Out-of-range values or a
+    weight sum off its grid (not a sum of valid uploads) raise ProtocolError.
     """
     fixed, nf, ni = params.fixed, params.floats, params.ints
     slack = count * 2.0**-fixed.frac_bits
-    floats, ints, weight = values[:nf], values[nf : nf + ni], values[nf + ni :]
+    floats, ints, weights = values[:nf], values[nf : nf + ni], values[nf + ni : params.values]
     rounded = np.rint(ints)
+    weight = float(weights.mean()) / params.weight_scale * fixed.scale  # in grid units
     if (
         (nf and np.abs(floats).max() > count * fixed.clip + slack)
-        or not -slack <= weight[0] <= count + slack
+        or weights.min() < -slack or weights.max() > count * params.weight_scale + slack
         or (ni and (np.abs(ints - rounded).max() > 0.25 or np.abs(rounded).max() > count * fixed.int_bound))
     ):
         raise ProtocolError(f"{who}: decrypted values out of range for a sum of {count} clients")
+    if abs(weight - round(weight)) > 0.25:
+        raise ProtocolError(f"{who}: the weight sum is off its 2^-{fixed.frac_bits} grid: not a sum of honestly "
+                            "encoded weights")
     words = Expander(nf, np.uint64).expand(stream_key(os.urandom(32), b"securefl/ckks/release", b""))
     uniform = (words >> np.uint64(11)) * 2.0**-53
     out = np.empty(params.length, fixed.dtype)
     signed = out.view(fixed.signed)
     encode_fixed(floats, uniform[:nf], np.inf, fixed.scale, signed[:nf])
     signed[nf : nf + ni] = rounded
-    signed[nf + ni :] = np.rint(weight * fixed.scale)
+    signed[nf + ni] = round(weight)
     return out
+
+
+def _peak(floats: int, ints: int, fixed: FixedPoint) -> float:
+    """The largest |value| one client sends: clip (floats), int_bound (ints), at least 1 (the weight)."""
+    return max(fixed.clip if floats else 0.0, float(fixed.int_bound) if ints else 0.0, 1.0)
