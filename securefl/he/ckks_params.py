@@ -37,7 +37,9 @@ grows as sqrt(n) and rounds a sum of 64 clients to a neighbour in 2 rounds of 5.
 in R slots: F, the largest power of two <= the peak the primes already hold (8 at the default clip), and
 R = ceil(n (2 Z WEIGHT_NOISE / F)^2) with Z = WEIGHT_SIGMAS, so that the noise of the slots' mean, over
 F, is below half a grid unit at Z standard deviations (R = 15 for 100 clients at clip 8; 9 n at clip < 2).
-A mean farther than a quarter grid unit from the grid is no honest sum and is refused. This masks the noise;
+A mean farther than a quarter grid unit from the grid is no honest sum and is refused (a coalition that
+makes every upload of a round, placing the sum on that boundary, learns from the refusal one bit of the
+averaged noise per round). This masks the noise;
 it is a mitigation, not a proof of IND-CPA-D security. Error per coordinate of the normalised weighted
 sum over k clients: at most (k + 1) * 2^-frac_bits (CKKS noise plus one rounding).
 """
