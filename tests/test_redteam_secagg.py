@@ -102,7 +102,9 @@ def test_secagg_plus_server_cannot_release_a_sum_below_the_minimum_batch():
         s.survivors, s.gone = _mask(fed.n, clique), _mask(fed.n, [])
         s.bitmap = msg.bitmap(_mask(fed.n, clique + far))  # far clients "survived": nobody in C can tell
         signed = fed.deliver(coord._send(Stage.CONSISTENCY_CHECK, s.survivors, lambda w, u: w.raw(s.bitmap)))
-        sigs = {u: r.raw(msg.SIG) for u, r in coord._readers(signed, Stage.CONSISTENCY_CHECK)}
+        sigs = np.zeros((fed.n, msg.SIG), np.uint8)
+        for u, r in coord._readers(signed, Stage.CONSISTENCY_CHECK):
+            sigs[u] = np.frombuffer(r.raw(msg.SIG), np.uint8)
         requests = coord._requests(s.survivors, sigs)
         coord._stage = Stage.UNMASKING
         coord.step(fed.deliver(requests))

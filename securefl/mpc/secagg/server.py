@@ -163,7 +163,8 @@ class Server(Coordinator):
             if not isinstance(pid, PartyId) or pid.role != Role.CLIENT or pid.index >= self.policy.n or \
                     not self.state.asked[pid.index]:
                 raise ProtocolError(f"server: {stage.label} reply from unexpected sender {pid}, which was not asked")
-            out.append((pid.index, self._ch.read(data, REPLY[stage], pid, f"server: {stage.label} reply from {pid}")))
+            out.append((pid.index, self._ch.read(data, REPLY[stage], pid,
+                                                 f"server: {stage.label} reply from client/{pid.index}")))
         return sorted(out, key=lambda x: x[0])
 
     def _live_holders(self, alive: np.ndarray) -> np.ndarray:
@@ -303,7 +304,7 @@ class Server(Coordinator):
         self._require(s.survivors, Stage.MASKED_INPUT)
         s.bitmap = msg.bitmap(s.survivors)
         if not p.consistency_check:
-            return self._requests(s.survivors, {})
+            return self._requests(s.survivors, None)
         return self._send(Stage.CONSISTENCY_CHECK, s.survivors, lambda w, u: w.raw(s.bitmap))
 
     def _settle(self, reports: np.ndarray) -> np.ndarray:
@@ -329,27 +330,29 @@ class Server(Coordinator):
 
     def _consistency_check(self, readers: list[tuple[int, Reader]]) -> dict[PartyId, bytes]:
         """Collect signatures of the survivor list; send each signer its holders' signatures and its request."""
-        sigs = {}
+        sigs = np.zeros((self.policy.n, SIG), np.uint8)  # row u: client u's signature (readers: sorted, distinct)
         for u, r in readers:
-            sigs[u] = r.raw(SIG)
+            sigs[u] = np.frombuffer(r.raw(SIG), np.uint8)
             r.end()
         signed = self._replied(readers)
         self._require(signed, Stage.CONSISTENCY_CHECK)
         return self._requests(signed, sigs)
 
-    def _requests(self, responders: np.ndarray, sigs: dict[int, bytes]) -> dict[PartyId, bytes]:
+    def _requests(self, responders: np.ndarray, sigs: np.ndarray | None) -> dict[PartyId, bytes]:
+        """Each responder's unmasking request: the survivor bitmap, t of its holders' signatures of it (none
+        without the consistency check) and the neighbours whose key shares it must reveal."""
         s, p = self.state, self.policy
 
         def body(w: Writer, u: int) -> Writer:
-            hold = np.append(p.graph.neighbors(u), u)
-            # t signatures of one list suffice (2t > holders: no other list can also have t); send just t
-            signers = np.sort(hold[responders[hold]])[: p.t] if sigs else np.zeros(0, np.int64)
             nb = p.graph.neighbors(u)
+            # t signatures of one list suffice (2t > holders: no other list can also have t); send just t
+            hold = np.append(nb, u)
+            signers = np.sort(hold[responders[hold]])[: p.t] if sigs is not None else np.zeros(0, np.int64)
             gone = nb[s.gone[nb]]
             if s.reports.size:  # no key share of a dealer u reported: it holds none
                 gone = gone[~np.isin(gone, s.reports[s.reports[:, 0] == u, 1])]
-            return (w.raw(s.bitmap).array(msg.ids(signers)).raw(b"".join(sigs[v] for v in signers.tolist()))
-                    .array(msg.ids(gone)))
+            sig_bytes = sigs[signers].tobytes() if sigs is not None else b""
+            return w.raw(s.bitmap).array(msg.ids(signers)).raw(sig_bytes).array(msg.ids(gone))
 
         return self._send(Stage.UNMASKING, responders, body)
 
