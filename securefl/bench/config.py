@@ -63,7 +63,7 @@ class Config:
         return self.cell_budget_s
 
 
-# The full run's special points (issue 13): CKKS on a ResNet-18-sized state_dict with 10 clients (the per-tensor codec
+# The full run's special points: CKKS on a ResNet-18-sized state_dict with 10 clients (the per-tensor codec
 # path; upload bytes over float32 and the key holder over its floor), TenSEAL at FLARE's defaults on the same
 # state_dict beside it; SecAgg with distributed DP against the same round without DP, at n = 20, m = 1e5.
 MODEL = Special("model", "CKKS on a ResNet-18-shaped state_dict (torchvision's float tensors), 10 clients", n=10,
