@@ -27,7 +27,7 @@ from securefl.session import resolve_min_clients
 from securefl.simulation import Simulation
 from securefl.wire import LEADER, PARTY_HEADER_SIZE, Kind, PartyId
 from tests.additive_parties import H1, H2, Deployment, client, upload_parts, with_header, with_parties
-from tests.conftest import state_updates
+from tests.conftest import P_MIN, state_updates
 from tests.reference import assert_close
 
 WEIGHTS = [0.5, 0.0, 3.25, 1.0, 7.0, 2.0]
@@ -597,8 +597,8 @@ def test_views_of_any_k_minus_1_aggregators_are_independent_of_inputs(monkeypatc
     for coalition in [*((p,) for p in parties), *coalitions]:
         a, b = _combined(view_a, coalition), _combined(view_b, coalition)
         assert a.size == b.size == n * runs * (m + 1)
-        assert _chi2_uniform(a) > 1e-3 and _chi2_uniform(b) > 1e-3, coalition
-        assert stats.ks_2samp(a, b).pvalue > 1e-3, coalition
+        assert _chi2_uniform(a) > P_MIN and _chi2_uniform(b) > P_MIN, coalition
+        assert stats.ks_2samp(a, b).pvalue > P_MIN, coalition
     # the test has power: all K together recover the encoded inputs, which are far from uniform
     everyone_a, everyone_b = _combined(view_a, parties), _combined(view_b, parties)
     assert _chi2_uniform(everyone_a) < 1e-12 and stats.ks_2samp(everyone_a, everyone_b).pvalue < 1e-12

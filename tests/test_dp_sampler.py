@@ -15,6 +15,7 @@ from scipy import stats
 from securefl.dp import sampler
 from securefl.dp._kernels import DONE, EMPTY, dg_fill
 from securefl.errors import ConfigError
+from tests.conftest import P_MIN
 
 
 def _exp_decimal(num: int, den: int) -> Decimal:
@@ -121,12 +122,12 @@ def _chi2_pvalue(x: np.ndarray, variance: int) -> float:
 @pytest.mark.parametrize("variance", [1, 2, 10, 37])
 def test_small_variances_match_the_exact_pmf(variance):
     x = sampler.discrete_gaussian(variance, 200_000)
-    assert _chi2_pvalue(x, variance) > 1e-4
+    assert _chi2_pvalue(x, variance) > P_MIN
 
 
 def test_the_chi_square_test_rejects_a_slightly_wrong_sampler():
     x = sampler.discrete_gaussian(11, 200_000)  # the variance 10 pmf would accept only a correct N_Z(0, 10)
-    assert _chi2_pvalue(x, 10) < 1e-6
+    assert _chi2_pvalue(x, 10) < 1e-12  # far below P_MIN: the test has power
 
 
 def test_the_exact_replay_and_the_tail_alone_match_the_pmf():
@@ -134,7 +135,7 @@ def test_the_exact_replay_and_the_tail_alone_match_the_pmf():
     go through the exact replay and the tail entry, which must give the same distribution."""
     tab = sampler.tables(10, coverage=2, extra_margin=1 << 27)
     x = sampler.draw(tab, 60_000)
-    assert _chi2_pvalue(x, 10) > 1e-4
+    assert _chi2_pvalue(x, 10) > P_MIN
     assert (np.abs(x) >= tab.tail_start).mean() > 0.1  # the tail was drawn
 
 

@@ -23,7 +23,7 @@ from securefl.mpc.secagg import STAGES, Policy, SecAgg, Stage, resolve_parameter
 from securefl.mpc.secagg import messages as msg
 from securefl.session import ModelSpec, RoundConfig
 from securefl.wire import Kind
-from tests.conftest import state_updates
+from tests.conftest import P_MIN, state_updates
 from tests.reference import assert_close
 from tests.secagg_parties import Deployment, Forge, Round, body, cid
 from tests.test_attacks_secagg import reported
@@ -662,11 +662,11 @@ def test_server_view_is_independent_of_the_inputs():
     m = 4000
     a = _server_view(3.0, -3.0, m).astype(np.float64) / 2**32
     b = _server_view(-3.0, 3.0, m, drop=(4,)).astype(np.float64) / 2**32
-    assert stats.kstest(a, "uniform").pvalue > 1e-4
-    assert stats.kstest(b, "uniform").pvalue > 1e-4
-    assert stats.ks_2samp(a, b).pvalue > 1e-4
+    assert stats.kstest(a, "uniform").pvalue > P_MIN
+    assert stats.kstest(b, "uniform").pvalue > P_MIN
+    assert stats.ks_2samp(a, b).pvalue > P_MIN
     top = np.bincount((a * 16).astype(int), minlength=16)
-    assert stats.chisquare(top).pvalue > 1e-4
+    assert stats.chisquare(top).pvalue > P_MIN
 
 
 @pytest.mark.slow
