@@ -116,7 +116,7 @@ def test_model_spec_refuses_non_string_mapping_keys():
 
 
 @given(st.binary(min_size=16, max_size=16), st.integers(0, 2**32 - 1), st.binary(max_size=8))
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 def test_context_digest_binds_every_part(session, rnd, extra):
     fp = bytes(32)
     base = RoundContext(fp, session, rnd).digest(b"label", extra)
