@@ -103,9 +103,9 @@ def _party(role: int, index: int) -> PartyId:
     return PartyId(Role(role), index)
 
 
-SERVER = _party(Role.SERVER, 0)
-LEADER = _party(Role.LEADER, 0)
-KEYHOLDER = _party(Role.KEYHOLDER, 0)
+SERVER = PartyId(Role.SERVER)
+LEADER = PartyId(Role.LEADER)
+KEYHOLDER = PartyId(Role.KEYHOLDER)
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -348,9 +348,9 @@ class Channel:
         h = r.header
         if h.version != VERSION_PARTIES:
             raise ProtocolError(f"{what}: header without party ids (version {h.version})")
-        if h.receiver is not self.me and h.receiver != self.me:  # ids from peek are cached: usually the same object
+        if h.receiver != self.me:
             raise ProtocolError(f"{what}: addressed to {h.receiver}, not {self.me}")
-        if isinstance(sender, PartyId) and h.sender is not sender and h.sender != sender:
+        if isinstance(sender, PartyId) and h.sender != sender:
             raise ProtocolError(f"{what}: sent by {h.sender}, expected {sender}")
         if isinstance(sender, Role) and h.sender.role != sender:
             raise ProtocolError(f"{what}: sent by {h.sender}, expected a {sender.name.lower()}")

@@ -163,8 +163,7 @@ class Server(Coordinator):
             if not isinstance(pid, PartyId) or pid.role != Role.CLIENT or pid.index >= self.policy.n or \
                     not self.state.asked[pid.index]:
                 raise ProtocolError(f"server: {stage.label} reply from unexpected sender {pid}, which was not asked")
-            out.append((pid.index, self._ch.read(data, REPLY[stage], pid,
-                                                 f"server: {stage.label} reply from client/{pid.index}")))
+            out.append((pid.index, self._ch.read(data, REPLY[stage], pid, f"server: {stage.label} reply from {pid}")))
         return sorted(out, key=lambda x: x[0])
 
     def _live_holders(self, alive: np.ndarray) -> np.ndarray:
