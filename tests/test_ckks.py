@@ -398,3 +398,23 @@ def test_a_deployment_round_from_identity_files_and_round_config(tmp_path):
     totals = server.result()
     assert totals.params["min_clients"] == 3 and abs(totals.weight - 3) < 1e-4
     assert np.abs(totals.floats - sum(u.double().numpy() for u in ups)).max() < 1e-4
+
+
+class _OffGridClient(Client):
+    """A lying client (its own key, its own signature): its weight slots carry w = 1.5 grid units, which no honest
+    client's weight on the 2^-frac_bits grid can sum to."""
+
+    def _ciphertexts(self, update, weight):
+        p = self.policy.params
+        buf = np.zeros(p.count * p.per_ciphertext)
+        buf[p.floats + p.ints : p.values] = 1.5 * 2.0**-p.fixed.frac_bits * p.weight_scale
+        return self._encrypter.encrypt(buf), 0
+
+
+def test_key_holder_refuses_a_lying_clients_off_grid_weight():
+    """Honest key holder, server and two honest clients: the sum is refused, so no release turns the decryption
+    noise's sign into the weight."""
+    fed = Fed(CKKS(min_clients=3), n=3, m=6)
+    fed.parties[PartyId.client(2)] = _OffGridClient(fed.config, fed.ids[PartyId.client(2)])
+    with pytest.raises(ProtocolError, match="off its"):
+        fed.run(fed.coordinator())
